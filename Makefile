@@ -1,0 +1,31 @@
+# Two entry points: `make reproduce` (every figure and table, quick profile) and `make test`.
+# Both create .venv and install the project with its pinned tools on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.imgsci-installed
+PROFILE ?= quick
+
+.PHONY: install reproduce reproduce-full test clean-runs
+
+$(STAMP): setup.py settings.ini
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "imgsci needs Python >= 3.11, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (imgsci)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/python -m imgsci.reproduce --profile $(PROFILE)
+
+reproduce-full: $(STAMP)
+	$(BIN)/python -m imgsci.reproduce --profile full
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean-runs:
+	rm -rf _runs
