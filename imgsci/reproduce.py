@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['REQUIRED_PARAMETERS', 'RUNNER_OWNED', 'study_name', 'has_parameters_cell', 'notebook_parameters', 'discover_studies',
-           'select_studies', 'parse_overrides', 'check_overrides', 'run_study', 'build_report', 'make_parser', 'main']
+__all__ = ['REQUIRED_PARAMETERS', 'RUNNER_OWNED', 'KERNEL_START_TIMEOUT', 'study_name', 'has_parameters_cell',
+           'notebook_parameters', 'discover_studies', 'select_studies', 'parse_overrides', 'check_overrides',
+           'run_study', 'build_report', 'make_parser', 'main']
 
 # %% ../nbs/01_reproduce.ipynb #f0b8f40c
 import nbformat
@@ -141,6 +142,9 @@ def _write_json(path: Path, obj) -> None:
         json.dump(obj, f, indent=2, default=str)
 
 
+KERNEL_START_TIMEOUT = 300  # seconds; a loaded 2-core machine can take well over papermill's default 60 s
+
+
 def run_study(name: str, notebook, profile: str, seed: int, runs_dir, overrides=None, kernel: str = "python3",
               progress: bool = True, cell_timeout=None) -> dict:
     "Execute one study notebook with papermill; never raises for a notebook failure, returns its `run.json` record."
@@ -163,7 +167,7 @@ def run_study(name: str, notebook, profile: str, seed: int, runs_dir, overrides=
             raise ValueError(f"{notebook.name} does not declare the required parameters {missing} in its parameters cell")
         pm.execute_notebook(str(notebook), str(staging / notebook.name), parameters=params, kernel_name=kernel,
                             cwd=str(notebook.parent), progress_bar=progress, log_output=False,
-                            execution_timeout=cell_timeout)
+                            execution_timeout=cell_timeout, start_timeout=KERNEL_START_TIMEOUT)
     except Exception as e:  # a failing notebook is data for the report, not a crash of the runner
         record["status"] = "failed"
         source = (getattr(e, "source", "") or "").strip().splitlines()
