@@ -1,0 +1,120 @@
+"""Nuclei segmentation: training throughput of our tf.data pipeline vs the report's tf.numpy_function pipeline.
+
+Both pipelines feed the same seed MultiResUNet (same batch, same compiled train step) from the same folder of
+DSB2018-like JPEG files (the report's processed layout; sizes drawn from DSB2018's stage1 mix, 256×256 up to
+1024×1024). The report's pipeline decodes and resizes every image in Python (scikit-image, inside
+`tf.numpy_function`) on every epoch; ours decodes with `tf.io` once, caches, augments in the graph and prefetches.
+Also printed: each pipeline alone (no model) and model inference throughput.
+
+    flock /tmp/imgsci-cpu.lock .venv/bin/python benchmarks/bench_nuclei_segmentation.py            # 256² (paper)
+    flock /tmp/imgsci-cpu.lock .venv/bin/python benchmarks/bench_nuclei_segmentation.py --size 64  # quick profile
+"""
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+# (height, width, share) of the DSB2018 stage1_train images
+DSB_SIZES = [((256, 256), 0.50), ((256, 320), 0.17), ((520, 696), 0.14), ((360, 360), 0.06),
+             ((512, 640), 0.02), ((1024, 1024), 0.02), ((260, 347), 0.01), ((603, 1272), 0.01), ((256, 256), 0.07)]
+
+
+def write_dsb_like_folder(root: Path, n: int, seed: int = 0) -> Path:
+    "A processed-layout folder (images/*.jpg, masks/*.jpg) of `n` synthetic images with DSB2018-like sizes."
+    from PIL import Image
+    from imgsci.nuclei_data import synthetic_nuclei
+    rng = np.random.default_rng(seed)
+    shapes, shares = zip(*DSB_SIZES)
+    shares = np.asarray(shares) / np.sum(shares)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        shape = shapes[rng.choice(len(shapes), p=shares)]
+        img, lab = synthetic_nuclei(shape, seed=np.random.SeedSequence([seed, i]))
+        Image.fromarray(np.dstack([img] * 3)).save(root / "images" / f"{i:04d}.jpg", quality=95)
+        Image.fromarray(((lab > 0) * 255).astype(np.uint8)).save(root / "masks" / f"{i:04d}.jpg", quality=95)
+    return root
+
+
+def pipeline_rate(ds, batches: int, batch_size: int, warmup: int = 1) -> float:
+    "Images per second of iterating `batches` batches of `ds` after `warmup` batches."
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def train_rate(model, ds, steps: int, batch_size: int) -> float:
+    "Training images per second over `steps` steps of an already traced `model`."
+    start = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=256, help="model input size (the report: 256)")
+    ap.add_argument("--images", type=int, default=48, help="images in the fabricated folder")
+    ap.add_argument("--steps", type=int, default=4, help="timed training steps per pipeline and round")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (best of)")
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+
+    import keras
+    from imgsci.core import set_seed
+    from imgsci.nuclei_data import list_dsb, make_dataset, numpy_function_dataset
+    from imgsci.segmentation import build_multiresunet, compile_segmenter, predict_probability
+
+    set_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        listing = list_dsb(write_dsb_like_folder(Path(tmp) / "dsb", args.images))
+        print(f"fabricated {len(listing)} DSB-like JPEG pairs in {time.perf_counter() - t0:.1f} s "
+              f"(sizes {sorted(set(zip(listing.height, listing.width)))})")
+        files = list(listing.image), list(listing["mask"])
+        ours = make_dataset(*files, args.batch, training=True, size=args.size, normalize="scale255")
+        report = numpy_function_dataset(*files, size=args.size, batch_size=args.batch)
+        # fill our cache first: the report's pipeline has none, ours pays decoding once per run
+        t0 = time.perf_counter()
+        for _ in make_dataset(*files, args.batch, size=args.size):
+            pass
+        print(f"one decode pass of ours (what its cache saves every later epoch): {time.perf_counter() - t0:.2f} s")
+        n_batches = max(2, args.images // args.batch)
+        # ours: the first epoch (n_batches) fills its cache, then steady state; the report's has no cache
+        print(f"pipeline alone, img/s: ours {pipeline_rate(ours, n_batches, args.batch, warmup=n_batches):.1f}, "
+              f"report (numpy_function) {pipeline_rate(report, n_batches, args.batch):.1f}")
+
+        model = compile_segmenter(build_multiresunet((args.size, args.size, 3), "seed"), jit_compile=False)
+        t0 = time.perf_counter()
+        model.fit(ours, epochs=1, steps_per_epoch=1, verbose=0)
+        print(f"trace + first step: {time.perf_counter() - t0:.1f} s")
+        rates = {"ours (tf.data)": [], "report (tf.numpy_function)": []}
+        for _ in range(args.rounds):
+            rates["ours (tf.data)"].append(train_rate(model, ours, args.steps, args.batch))
+            rates["report (tf.numpy_function)"].append(train_rate(model, report, args.steps, args.batch))
+        best = {k: max(v) for k, v in rates.items()}
+        for k, v in rates.items():
+            print(f"training img/s at {args.size}², batch {args.batch}, {k}: best {best[k]:.2f} "
+                  f"(rounds: {', '.join(f'{r:.2f}' for r in v)})")
+        ratio = best["ours (tf.data)"] / best["report (tf.numpy_function)"]
+        print(f"RATIO training throughput ours / report = {ratio:.2f}x (goal >= 1.5x: "
+              f"{'met' if ratio >= 1.5 else 'not met'})")
+
+        x = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size), dtype=np.uint8)
+        predict_probability(model, x[:1])
+        t0 = time.perf_counter()
+        predict_probability(model, x)
+        print(f"inference img/s at {args.size}², batch {args.batch}: {args.batch / (time.perf_counter() - t0):.2f}")
+    print(f"keras {keras.__version__}, backend {keras.backend.backend()}, cpus {os.cpu_count()}")
+
+
+if __name__ == "__main__":
+    main()
