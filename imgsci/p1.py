@@ -122,7 +122,6 @@ class _Static:
     scheme: str
     boundary: str
     dx: float
-    dt: float
     tol: float
     max_iter: int
     sigma_a_scale: float
@@ -143,7 +142,7 @@ def _opacity(rho, T, power: int):
     return rho * T if power == 1 else (rho if power == 0 else rho * T ** power)
 
 
-def _step1(E, T, rho, k: _Static):
+def _step1(E, T, rho, dt, k: _Static):
     "Step 1 in every cell; returns (E*, T*, number of passes, mask of cells still iterating at the cap)."
     a, c = k.a, k.c
     Tn, Tn2 = T, T * T
@@ -152,10 +151,10 @@ def _step1(E, T, rho, k: _Static):
     if k.sigma_a_scale == 0:   # no absorption: step 1 is the identity
         return E, T, tf.constant(0), tf.zeros_like(E, dtype=tf.bool)
     csa = c * k.sigma_a_scale * _opacity(rho, Tn, k.t_power)
-    inv_dt = 1.0 / k.dt
+    inv_dt = 1.0 / dt
     alpha = inv_dt / (inv_dt + csa)
     beta = csa / (inv_dt + csa)
-    heat = rho * (k.cv / k.dt)
+    heat = rho * (k.cv / dt)
     if k.scheme == "consistent":
         heat = heat / a
     original = k.scheme == "original"
@@ -211,7 +210,7 @@ def _ghosts(X, masks, src, periodic: bool, fill=None):
             tf.concat([top[:, None, :], X, bottom[:, None, :]], axis=1))
 
 
-def _step2(Es, Fx, Fy, Ts, rho, t, masks, k: _Static):
+def _step2(Es, Fx, Fy, Ts, rho, t, dt, masks, k: _Static):
     "Step 2; returns (E, Fx, Fy) at n+1 and the energy leaving through the boundary, Σ_j ΔE_j (B,)."
     periodic = k.boundary == "periodic"
     Ex, Ey = _ghosts(Es, masks, k.src_mean + k.src_amp * tf.sin(k.src_omega * t), periodic)
@@ -221,7 +220,7 @@ def _step2(Es, Fx, Fy, Ts, rho, t, masks, k: _Static):
     zero_ghost = k.scheme == "original" and not periodic
     rx, ry = _ghosts(rho, masks, None, periodic, fill=0.0 if zero_ghost else None)
     sx, sy = _opacity(rx, Tx, k.t_power), _opacity(ry, Ty, k.t_power)
-    dx, dt, c = k.dx, k.dt, k.c
+    dx, c = k.dx, k.c
     vol = dx * dx
     # x faces (B, M, N+1) between a left cell L and a right cell R, normal +x
     sfx = 0.5 * (sx[:, :, :-1] + sx[:, :, 1:])
@@ -268,7 +267,7 @@ _COMPILED: dict = {}
 
 def _make_advance(k: _Static):
     "The time loop advancing the state by `count` ≤ `k.chunk` steps from step `n0` (a plain Python function)."
-    def advance(E, Fx, Fy, T, rho, mt, mb, ml, mr, n0, count):
+    def advance(E, Fx, Fy, T, rho, mt, mb, ml, mr, n0, count, dt):
         masks = (mt, mb, ml, mr)
         tb0, lr0 = _layer_signals(E, Fx, Fy, T)
         arrays = (tf.TensorArray(E.dtype, size=k.chunk, element_shape=tb0.shape),
@@ -277,9 +276,9 @@ def _make_advance(k: _Static):
 
         def body(i, E, Fx, Fy, T, ta_tb, ta_lr, ta_out, status, bad, max_passes):
             tb, lr = _layer_signals(E, Fx, Fy, T)
-            t = tf.cast(n0 + i, E.dtype) * k.dt
-            Es, Ts, passes, capped = _step1(E, T, rho, k)
-            E, Fx, Fy, outflow = _step2(Es, Fx, Fy, Ts, rho, t, masks, k)
+            t = tf.cast(n0 + i, E.dtype) * dt
+            Es, Ts, passes, capped = _step1(E, T, rho, dt, k)
+            E, Fx, Fy, outflow = _step2(Es, Fx, Fy, Ts, rho, t, dt, masks, k)
             nonfinite = ~(tf.math.is_finite(E) & tf.math.is_finite(Fx) & tf.math.is_finite(Fy)
                           & tf.math.is_finite(Ts))
             any_cap, any_nan = tf.reduce_any(capped), tf.reduce_any(nonfinite)
@@ -309,11 +308,11 @@ def _vjp_fn(k: _Static, jit: bool = True):
     if key not in _COMPILED:
         advance = _make_advance(k)
 
-        def vjp(E, Fx, Fy, T, rho, mt, mb, ml, mr, n0, count, *cotangents):
+        def vjp(E, Fx, Fy, T, rho, mt, mb, ml, mr, n0, count, dt, *cotangents):
             inputs = [E, Fx, Fy, T, rho]
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
-                outs = advance(*inputs, mt, mb, ml, mr, n0, count)[:7]
+                outs = advance(*inputs, mt, mb, ml, mr, n0, count, dt)[:7]
             return tape.gradient(list(outs), inputs, output_gradients=list(cotangents),
                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
         _COMPILED[key] = tf.function(vjp, jit_compile=jit, reduce_retracing=True)
@@ -324,15 +323,15 @@ def _differentiable_advance(k: _Static, jit: bool = True):
     "A segment function with the signature of `_advance_fn(k)` whose gradient recomputes the segment."
     forward, vjp = _advance_fn(k, jit), _vjp_fn(k, jit)
 
-    def call(E, Fx, Fy, T, rho, mt, mb, ml, mr, n0, count):
+    def call(E, Fx, Fy, T, rho, mt, mb, ml, mr, n0, count, dt):
         @tf.custom_gradient
         def segment(E, Fx, Fy, T, rho):
             # inputs cut from the tape: the forward run itself records nothing
-            outs = forward(*[tf.stop_gradient(x) for x in (E, Fx, Fy, T, rho)], mt, mb, ml, mr, n0, count)
+            outs = forward(*[tf.stop_gradient(x) for x in (E, Fx, Fy, T, rho)], mt, mb, ml, mr, n0, count, dt)
 
             def grad(*upstream):
                 cot = [tf.zeros_like(o) if u is None else u for o, u in zip(outs[:7], upstream[:7])]
-                return vjp(E, Fx, Fy, T, rho, mt, mb, ml, mr, n0, count, *cot)
+                return vjp(E, Fx, Fy, T, rho, mt, mb, ml, mr, n0, count, dt, *cot)
             return outs, grad
         return segment(E, Fx, Fy, T, rho)
     return call
@@ -453,7 +452,8 @@ def split_step_p1(rho, source="top", scheme: str = "original", t_final: float = 
     chunk = chunk_steps or (max(1, n_steps // 20) if progress else (GRAD_SEGMENT if differentiable else None))
     cuts = _segments(n_steps, snaps, chunk)
     seg_len = max(b - a for a, b in zip(cuts[:-1], cuts[1:]))
-    k = _Static(scheme=scheme, boundary=boundary, dx=1.0 / N, dt=dt, tol=float(tol), max_iter=int(max_iter),
+    seg_len = max(32, 2 ** math.ceil(math.log2(seg_len)))   # few distinct sizes: compiled loops are reused
+    k = _Static(scheme=scheme, boundary=boundary, dx=1.0 / N, tol=float(tol), max_iter=int(max_iter),
                 sigma_a_scale=float(sigma_a_scale), t_power=int(opacity_t_power), src_amp=float(source_amplitude),
                 chunk=seg_len)
     if differentiable:   # an untaped forward run tells how many fixed-point passes to unroll
@@ -487,7 +487,7 @@ def _run_segments(fn, state, rho, masks, cuts, snaps, dt, progress):
         if n0 in snaps:
             snap_store[n0] = (E, Fx, Fy, T)
         (E, Fx, Fy, T, tb, lr, out, done, status, bad, passes) = fn(
-            E, Fx, Fy, T, rho, *masks, tf.constant(n0), tf.constant(n1 - n0))
+            E, Fx, Fy, T, rho, *masks, tf.constant(n0), tf.constant(n1 - n0), tf.constant(dt, tf.float64))
         status = int(status)
         if status:
             _raise_failure(status, bad, n0 + int(done) - 1, tuple(rho.shape), dt)

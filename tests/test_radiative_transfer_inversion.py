@@ -1,0 +1,131 @@
+"""Tests of imgsci.vnet: the V-Net, scaling, splits and scores, gradient inversion through the solver, M1 baselines."""
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+from sklearn.metrics import r2_score
+
+from imgsci.densities import network_input
+from imgsci.vnet import (InputScaler, M1_SEGMENTS, build_m1_cnn, build_vnet, crenel_density, density_to_target,
+                         invert_by_gradient, linear_interpolation_matrix, m1_classification_scores, m1_dataset,
+                         m1_inputs, m1_regression_scores, r2_by_family, r2_pixels, segments_in_front,
+                         select_channels, simulate_input_tf, stratified_split, target_to_density, train_vnet)
+
+
+def test_vnet_has_the_original_size_and_shape():
+    model = build_vnet()
+    assert model.count_params() == 2_274_561            # "24 channels, D = 10, 2.27 M params"
+    assert model.input_shape == (None, 64, 64, 24) and model.output_shape == (None, 64, 64, 1)
+    names = [l.__class__.__name__ for l in model.layers]
+    assert names.count("Add") == 4 and names.count("Conv2DTranspose") == 4 and names.count("BatchNormalization") == 18
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+    with pytest.raises(ValueError, match="divisible"):
+        build_vnet((40, 40, 24))
+    with pytest.raises(ValueError, match="positive integers"):
+        build_vnet(depth=0)
+
+
+def test_vnet_learns_a_planted_signal_and_not_noise():
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    rho = 1 + 4 * (rng.random((96, 16, 16)) > 0.7) * rng.random((96, 1, 1))
+    X = (rho[..., None] * rng.normal(size=(1, 1, 1, 6)) + 0.1 * rng.normal(size=(96, 16, 16, 6))).astype(np.float32)
+    y = density_to_target(rho)
+    r2 = {}
+    for name, inputs in (("signal", X), ("noise", rng.normal(size=X.shape).astype(np.float32))):
+        m = build_vnet((16, 16, 6), levels=2, depth=4, kernel_size=3, bn_momentum=0.8)
+        train_vnet(m, inputs[:64], y[:64], inputs[64:80], y[64:80], epochs=40, batch_size=16, learning_rate=3e-3)
+        r2[name] = r2_pixels(rho[80:], target_to_density(m.predict(inputs[80:], verbose=0)))
+    assert r2["signal"] > 0.5 and r2["noise"] < 0.1, r2
+
+
+def test_scores_and_splits():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((6, 5, 5)), rng.random((6, 5, 5))
+    assert np.isclose(r2_pixels(a, b), r2_score(a.ravel(), b.ravel()))
+    fam = np.array(["x", "y"] * 3)
+    tab = r2_by_family(a, b, fam)
+    assert list(tab.family) == ["x", "y", "all"]
+    assert np.isclose(tab.r2.iloc[0], r2_score(a[::2].ravel(), b[::2].ravel()))
+    fams = np.repeat(["a", "b", "c"], [40, 20, 10])
+    tr, va, te = stratified_split(fams, seed=3)
+    assert len(set(tr) | set(va) | set(te)) == 70 and not (set(tr) & set(te))
+    for f in "abc":
+        assert (fams[te] == f).any() and (fams[va] == f).any()
+    with pytest.raises(ValueError, match="sum"):
+        stratified_split(fams, (0.5, 0.2, 0.2))
+    np.testing.assert_allclose(target_to_density(density_to_target(np.array([1.0, 2.5, 5.0]))), [1.0, 2.5, 5.0])
+
+
+def test_input_scaling_modes():
+    rng = np.random.default_rng(2)
+    X = 8.5 + 3 * np.sin(np.arange(64))[None, :, None, None] + 1e-3 * rng.normal(size=(50, 64, 4, 48))
+    for mode in ("per_feature", "per_quantity", "global_max"):
+        sc = InputScaler(mode).fit(X[:40])
+        Z = sc.transform(X[40:])
+        assert Z.dtype == np.float32 and np.isfinite(Z).all()
+    Zf = InputScaler("per_feature").fit(X).transform(X)
+    np.testing.assert_allclose(Zf.std(axis=0), 1.0, atol=1e-3)        # the 1e-3 sample-to-sample part, unit scale
+    Zq = InputScaler("per_quantity").fit(X).transform(X)
+    assert Zq.std(axis=0).mean() < 1e-2                                 # drowned by the common swing
+    with pytest.raises(RuntimeError, match="before fit"):
+        InputScaler().transform(X)
+    with pytest.raises(ValueError, match="unknown scaling mode"):
+        InputScaler("robust")
+
+
+def test_select_channels_matches_the_24_channel_network_input():
+    sig = np.random.default_rng(3).random((2, 4, 12, 70, 8))
+    np.testing.assert_array_equal(select_channels(network_input(sig)), network_input(sig, channels=24))
+    with pytest.raises(ValueError, match="24 or 48"):
+        select_channels(network_input(sig), 12)
+
+
+def test_differentiable_input_equals_the_numpy_builder():
+    from imgsci.densities import simulate_samples
+    rho = 1 + 2 * np.random.default_rng(4).random((12, 12))
+    tf_ = 80 * 0.5 / 12 / 299
+    x_tf = simulate_input_tf(tf.constant(rho), 48, 64, t_final=tf_).numpy()
+    x_np = simulate_samples(rho, t_final=tf_)[0]
+    np.testing.assert_allclose(x_tf, x_np, rtol=1e-6, atol=1e-6)
+
+
+def test_gradient_inversion_recovers_a_planted_block():
+    N = 16
+    truth = np.ones((N, N))
+    truth[3:8, 9:14] = 3.5
+    tf_ = 60 * 0.5 / N / 299
+    x = simulate_input_tf(tf.constant(truth), 24, 16, t_final=tf_).numpy()
+    inv = invert_by_gradient(x, InputScaler("per_quantity").fit(x[None]), n_iter=8, coarse=8, smooth=1e-3, t_final=tf_)
+    assert inv["history"][-1]["misfit"] < 0.2 * inv["history"][0]["misfit"]
+    est = inv["rho"]
+    assert est[3:8, 9:14].mean() > est[10:, :6].mean() + 0.3
+    assert inv["evaluations"] <= 16 and inv["seconds"] > 0
+    np.testing.assert_allclose(linear_interpolation_matrix(3, 6).sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="rho_init"):
+        invert_by_gradient(x, InputScaler("per_quantity").fit(x[None]), rho_init=6.0)
+
+
+def test_m1_geometry_labels_and_inputs():
+    c = crenel_density(0.5 + 0.5 / 32, 0.5 - 0.5 / 32, 8.0)
+    r, col = np.unravel_index(c.argmax(), c.shape)
+    assert (r, col) == (16, 16) and np.isclose(c.min(), 1.0)
+    bits = segments_in_front(np.array([lo + 0.01 for lo, _ in M1_SEGMENTS]))
+    assert bits.sum(axis=1).tolist() == [1, 2, 2, 2]                   # near a boundary the disc overlaps two bands
+    rho, par, bits = m1_dataset(3, seed=1)
+    assert rho.shape == (3, 32, 32) and par.shape == (3, 3) and bits.shape == (3, 4)
+    X = m1_inputs(rho[:2])
+    assert X.shape == (2, 32, 32, 48) and np.isfinite(X).all()
+    # the four segment sources light the left edge in different places: their left-edge E signals differ
+    assert np.abs(X[0, :, :, 6] - X[0, :, :, 12 + 6]).max() > 1.0
+    assert build_m1_cnn((32, 32, 48), 4, "sigmoid").output_shape == (None, 4)
+
+
+def test_m1_scores():
+    true = np.array([[0.5, 0.5, 3.0], [0.2, 0.3, 5.0], [0.7, 0.6, 9.0]])
+    pred = true + np.array([[0.05, 0.0, 0.5], [0.0, 0.2, 0.0], [0.0, 0.0, -1.5]])
+    s = m1_regression_scores(true, pred)
+    assert np.isclose(s["custom_score"], 1 / 3)
+    assert np.isclose(s["r2"], r2_score(true, pred))
+    c = m1_classification_scores([[1, 0, 0, 0], [0, 1, 1, 0]], [[0.9, 0.1, 0.2, 0.1], [0.1, 0.7, 0.3, 0.2]])
+    assert c == dict(binary_accuracy=7 / 8, strict_score=0.5)
