@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 
 # %% auto #0
 __all__ = ['REAL_IMAGE_FILES', 'IMAGE_SUFFIXES', 'NORMALIZATIONS', 'synthetic_nuclei', 'synthetic_nuclei_set',
-           'load_real_dsb_image', 'split_tiles', 'list_dsb_official', 'list_dsb_processed', 'list_dsb',
+           'load_real_dsb_image', 'split_tiles', 'edge_profile', 'list_dsb_official', 'list_dsb_processed', 'list_dsb',
            'write_fabricated_dsb', 'report_split', 'normalize_image', 'to_rgb_uint8', 'make_dataset',
            'numpy_function_dataset']
 
@@ -129,6 +129,20 @@ def split_tiles(image: np.ndarray, tile: int = 256) -> np.ndarray:
     if h % tile or w % tile:
         raise ValueError(f"image of {h}×{w} pixels does not split into {tile}×{tile} tiles; crop or pad it first")
     return np.stack([image[i:i + tile, j:j + tile] for i in range(0, h, tile) for j in range(0, w, tile)])
+
+# %% ../nbs/05a_nuclei_data.ipynb #4fd1f7fc
+def edge_profile(image, labels) -> dict:
+    "Mean (intensity − background) / (core − background) in rings inside and outside the labelled outlines."
+    x = np.asarray(image, dtype=float)
+    lo, hi = np.percentile(x, [1, 99.8])
+    x = (x - lo) / max(hi - lo, 1e-6)
+    inside = np.asarray(labels) > 0
+    core = ndi.binary_erosion(inside, iterations=3)
+    rim_in = inside & ~ndi.binary_erosion(inside)
+    grow = [ndi.binary_dilation(inside, iterations=k) for k in (1, 3, 8)]
+    bg = x[~grow[2]].mean()
+    rel = lambda m: float((x[m].mean() - bg) / (x[core].mean() - bg))
+    return dict(rim_inside=rel(rim_in), ring_1px_outside=rel(grow[0] & ~inside), ring_2_3px_outside=rel(grow[1] & ~grow[0]))
 
 # %% ../nbs/05a_nuclei_data.ipynb #d1334fc3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")     # what tf.io.decode_image reads
