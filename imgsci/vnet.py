@@ -191,7 +191,7 @@ def linear_interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def invert_by_gradient(x_obs, scaler: InputScaler, n_iter: int = 20, coarse: int = 16, smooth: float = 1e-2,
-                       rho_init: float = 1.3, channels: int = 24, **solver_kw) -> dict:
+                       rho_init: float = 1.1, channels: int = 24, **solver_kw) -> dict:
     "Fit ρ to one sample's (unscaled) network input `x_obs` (n_rows, N, channels) by L-BFGS through the solver."
     from scipy.optimize import minimize
     x_obs = np.asarray(x_obs)
