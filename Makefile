@@ -1,12 +1,13 @@
-# Two entry points: `make reproduce` (every figure and table, quick profile) and `make test`.
+# Two entry points: `make reproduce` (every figure and table, quick profile) and `make test` (everything CI runs).
 # Both create .venv and install the project with its pinned tools on first use.
+# `make test-fast` leaves out the tests marked slow (training, whole notebooks): under two minutes.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.imgsci-installed
 PROFILE ?= quick
 
-.PHONY: install reproduce reproduce-full test clean-runs
+.PHONY: install reproduce reproduce-full smoke test test-fast clean-runs
 
 $(STAMP): setup.py settings.ini
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "imgsci needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -24,8 +25,14 @@ reproduce: $(STAMP)
 reproduce-full: $(STAMP)
 	$(BIN)/python -m imgsci.reproduce --profile full
 
+smoke: $(STAMP)
+	$(BIN)/python -m imgsci.reproduce --profile smoke
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 clean-runs:
 	rm -rf _runs

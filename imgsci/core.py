@@ -12,13 +12,15 @@ import random
 import re
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PACKAGE_DIR', 'PROJECT_ROOT', 'PROFILES', 'FIG_DPI', 'CLAIM_COLUMNS', 'data_dir', 'data_path', 'check_profile',
-           'profile_config', 'set_seed', 'atomic_path', 'atomic_write', 'prepare_out_dir', 'save_figure',
-           'markdown_table', 'save_table', 'write_claims', 'read_claims', 'fmt', 'verdict_within', 'verdict_goal',
-           'binary_metrics', 'mean_ci', 'Stopwatch', 'image_panels', 'plot_history']
+__all__ = ['PACKAGE_DIR', 'PROJECT_ROOT', 'PROFILES', 'FIG_DPI', 'VERDICTS', 'CLAIM_COLUMNS', 'data_dir', 'data_path',
+           'check_profile', 'profile_config', 'set_seed', 'atomic_path', 'atomic_write', 'prepare_out_dir',
+           'save_figure', 'markdown_table', 'save_table', 'sibling_run', 'fmt', 'Rule', 'within', 'at_least', 'at_most',
+           'Claim', 'claim', 'write_claims', 'read_claims', 'binary_metrics', 'mean_ci', 'prf', 'smooth_field',
+           'Stopwatch', 'image_panels', 'plot_history']
 
 # %% ../nbs/00_core.ipynb #743bdd77
 import numpy as np
@@ -49,6 +51,7 @@ def data_path(*parts: str, must_exist: bool = True) -> Path:
 PROFILES = {
     "quick": "minutes on 2 CPU cores: small data, small models, few steps (CI and laptops)",
     "full": "the source paper's scale: full data, paper-size models and schedules (meant for a GPU)",
+    "smoke": "the full profile's models and code paths with one or two steps of each (a test that full runs)",
 }
 
 
@@ -59,15 +62,13 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def profile_config(profile: str, **per_profile: dict) -> dict:
-    "The settings of `profile` out of `quick=dict(...)`, `full=dict(...)`; errors name what is missing."
+def profile_config(profile: str, *, quick: dict, full: dict, smoke: dict) -> dict:
+    "The settings of `profile`: `quick`, `full`, or `full` updated with the `smoke` changes (keys of `full` only)."
     check_profile(profile)
-    missing = [p for p in PROFILES if p not in per_profile]
-    unknown = [p for p in per_profile if p not in PROFILES]
-    if missing or unknown:
-        raise ValueError(f"profile_config needs settings for exactly {', '.join(PROFILES)}; "
-                         f"missing: {missing or 'none'}, unknown: {unknown or 'none'}")
-    return dict(per_profile[profile])
+    unknown = [k for k in smoke if k not in full]
+    if unknown:
+        raise ValueError(f"smoke may only change settings of the full profile; unknown: {unknown}")
+    return dict(quick=dict(quick), full=dict(full), smoke={**full, **smoke})[profile]
 
 # %% ../nbs/00_core.ipynb #61f10f82
 def set_seed(seed: int, deterministic_ops: bool = False) -> int:
@@ -158,34 +159,23 @@ def save_table(table, name: str, out_dir, floatfmt: str = ".4g") -> Path:
         f.write(markdown_table(df, floatfmt))
     return tables / f"{stem}.csv"
 
+# %% ../nbs/00_core.ipynb #9c4e1a71
+_SEED_DIR = re.compile(r"^\.?(seed-\d+)(\.running)?$")
+
+
+def sibling_run(out_dir, study: str) -> Path:
+    "The finished results folder of `study` beside the run writing to `out_dir` (same profile and seed)."
+    out = Path(out_dir).expanduser().resolve()
+    m = _SEED_DIR.match(out.name)
+    folder = out.parent.parent / study / m.group(1) if m else out.parent / study
+    if not (folder / "tables" / "claims.csv").exists():
+        raise FileNotFoundError(f"no finished run of {study!r} at {folder}; run it first with "
+                                f"`python -m imgsci.reproduce --only {study}` (same profile and seed)")
+    return folder
+
 # %% ../nbs/00_core.ipynb #4b7c6036
-CLAIM_COLUMNS = ["claim", "paper_value", "our_value", "verdict", "artifact"]
-
-
-def write_claims(rows, out_dir) -> Path:
-    "Validate claim rows (dicts with `CLAIM_COLUMNS`) and write `tables/claims.csv` + `.md`."
-    df = pd.DataFrame(list(rows))
-    missing = [c for c in CLAIM_COLUMNS if c not in df.columns]
-    extra = [c for c in df.columns if c not in CLAIM_COLUMNS]
-    if df.empty or missing or extra:
-        raise ValueError(f"claims need the columns {CLAIM_COLUMNS} (artifact may be ''); "
-                         f"missing: {missing}, unexpected: {extra}, rows: {len(df)}")
-    if df["claim"].isna().any() or df["verdict"].isna().any():
-        raise ValueError("every claim row needs a non-empty 'claim' and 'verdict'")
-    out = Path(out_dir)
-    for art in df["artifact"].fillna(""):
-        if art and not (out / art).exists():
-            raise FileNotFoundError(f"claim artifact {art!r} does not exist under {out}; write it before the claims")
-    return save_table(df[CLAIM_COLUMNS], "claims", out_dir)
-
-
-def read_claims(path) -> pd.DataFrame:
-    "Read a `claims.csv` back, checking its columns."
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in CLAIM_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path} lacks the claim columns {missing}")
-    return df[CLAIM_COLUMNS]
+VERDICTS = ("reproduced", "partly", "not reproduced", "not comparable", "extension")
+CLAIM_COLUMNS = ["claim", "paper_value", "our_value", "value", "rule", "verdict", "note", "artifact"]
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -200,19 +190,130 @@ def fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def verdict_within(ours: float, paper: float, tol: float, relative: bool = False) -> str:
-    "'reproduced' if `ours` is within `tol` of `paper` (absolute, or relative to |paper|), else 'not reproduced'."
-    limit = tol * abs(paper) if relative else tol
-    diff = ours - paper
-    word = "reproduced" if abs(diff) <= limit else "not reproduced"
-    return f"{word} (Δ = {diff:+.3g}, tolerance ±{limit:.3g})"
+@dataclass(frozen=True)
+class Rule:
+    "How our value is judged against a reference `ref`: `kind` is 'within' (|ours − ref| ≤ tol), 'at_least' or 'at_most'."
+    kind: str
+    ref: float
+    tol: float = 0.0
+    relative: bool = False
+    partly: float | None = None   # margin beyond which a miss is 'not reproduced' (default: one more tolerance)
+
+    def __post_init__(self):
+        if self.kind not in ("within", "at_least", "at_most"):
+            raise ValueError(f"Rule kind must be 'within', 'at_least' or 'at_most', got {self.kind!r}")
+        if self.tol < 0 or (self.partly is not None and self.partly < 0):
+            raise ValueError("Rule tolerances must be non-negative")
+
+    @property
+    def limit(self) -> float:
+        "The allowed distance from `ref` (absolute)."
+        return self.tol * abs(self.ref) if self.relative else self.tol
+
+    def miss(self, value: float) -> float:
+        "How far `value` falls short of the rule (0 when it holds)."
+        if self.kind == "within":
+            return max(abs(value - self.ref) - self.limit, 0.0)
+        gap = self.ref - value if self.kind == "at_least" else value - self.ref
+        return max(gap - self.limit, 0.0)
+
+    def judge(self, value: float) -> str:
+        "'reproduced', 'partly' or 'not reproduced' for our `value` (NaN is 'not reproduced')."
+        if value is None or not np.isfinite(value):
+            return "not reproduced"
+        miss = self.miss(float(value))
+        if miss == 0:
+            return "reproduced"
+        margin = self.partly if self.partly is not None else (self.limit if self.kind == "within" else 0.0)
+        return "partly" if miss <= margin else "not reproduced"
+
+    def __str__(self):
+        tol = f"{self.tol:.3g}×|ref|" if self.relative else f"{self.limit:.3g}"
+        if self.kind == "within":
+            return f"|ours − {fmt(self.ref)}| ≤ {tol}"
+        sign = "≥" if self.kind == "at_least" else "≤"
+        return f"ours {sign} {fmt(self.ref)}" + (f" (slack {tol})" if self.limit else "")
 
 
-def verdict_goal(ours: float, goal: float, higher_is_better: bool = True) -> str:
-    "'goal met' / 'goal not met' for a one-sided target."
-    ok = ours >= goal if higher_is_better else ours <= goal
-    sign = "≥" if higher_is_better else "≤"
-    return f"goal {'met' if ok else 'not met'} ({fmt(ours)} vs goal {sign} {fmt(goal)})"
+def within(ref: float, tol: float, relative: bool = False, partly: float | None = None) -> Rule:
+    "Rule: our value lies within `tol` of `ref` (relative to |ref| if `relative`)."
+    return Rule("within", float(ref), float(tol), relative, partly)
+
+
+def at_least(ref: float, slack: float = 0.0, partly: float | None = None) -> Rule:
+    "Rule: our value is ≥ `ref` − `slack` (a goal or a baseline to beat)."
+    return Rule("at_least", float(ref), float(slack), False, partly)
+
+
+def at_most(ref: float, slack: float = 0.0, partly: float | None = None) -> Rule:
+    "Rule: our value is ≤ `ref` + `slack`."
+    return Rule("at_most", float(ref), float(slack), False, partly)
+
+
+@dataclass
+class Claim:
+    "One row of `claims.csv` (see `CLAIM_COLUMNS`); build it with `claim` so the verdict is computed."
+    claim: str
+    paper_value: str
+    our_value: str
+    value: float
+    rule: str
+    verdict: str
+    note: str = ""
+    artifact: str = ""
+
+
+def claim(text: str, ours, rule: Rule | None = None, paper: str | None = None, artifact: str = "",
+          note: str = "", comparable: bool = True, digits: int = 3) -> Claim:
+    "A claim row whose verdict is computed from `ours` and `rule`; no rule and no `paper` value makes it an 'extension'."
+    numeric = isinstance(ours, (int, float, np.integer, np.floating)) and not isinstance(ours, bool)
+    value = float(ours) if numeric else float("nan")
+    our_text = fmt(ours, digits) if numeric or ours is None else str(ours)
+    paper_text = paper if paper is not None else (fmt(rule.ref, digits) if rule is not None else "")
+    notes = [note] if note else []
+    if rule is None:
+        verdict = "extension" if paper is None else "not comparable"
+    else:
+        outcome = rule.judge(value)
+        if np.isfinite(value):
+            notes.append(f"{outcome}: ours − ref = {value - rule.ref:+.3g}")
+        verdict = outcome if comparable else "not comparable"
+    return Claim(text, paper_text, our_text, value, str(rule) if rule is not None else "", verdict,
+                 "; ".join(notes), artifact)
+
+
+def write_claims(rows, out_dir) -> Path:
+    "Validate claim rows (`Claim`s or dicts with `CLAIM_COLUMNS`) and write `tables/claims.csv` + `.md`."
+    rows = [asdict(r) if isinstance(r, Claim) else dict(r) for r in rows]
+    df = pd.DataFrame(rows)
+    missing = [c for c in CLAIM_COLUMNS if c not in df.columns and c not in ("note", "artifact", "value", "rule")]
+    extra = [c for c in df.columns if c not in CLAIM_COLUMNS]
+    if df.empty or missing or extra:
+        raise ValueError(f"claims need the columns {CLAIM_COLUMNS} (build rows with imgsci.core.claim); "
+                         f"missing: {missing}, unexpected: {extra}, rows: {len(df)}")
+    for col, default in (("note", ""), ("artifact", ""), ("value", float("nan")), ("rule", "")):
+        df[col] = df[col].fillna(default) if col in df else default
+    if df["claim"].isna().any() or (df["claim"] == "").any():
+        raise ValueError("every claim row needs a non-empty 'claim'")
+    bad = sorted(set(df["verdict"]) - set(VERDICTS))
+    if bad:
+        raise ValueError(f"verdicts must be one of {', '.join(VERDICTS)}; got {bad} (compute them with imgsci.core.claim)")
+    out = Path(out_dir)
+    for art in df["artifact"]:
+        if art and not (out / art).exists():
+            raise FileNotFoundError(f"claim artifact {art!r} does not exist under {out}; write it before the claims")
+    return save_table(df[CLAIM_COLUMNS], "claims", out_dir)
+
+
+def read_claims(path) -> pd.DataFrame:
+    "Read a `claims.csv` back (text columns as strings, `value` as float), checking its columns."
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in CLAIM_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the claim columns {missing}")
+    df = df[CLAIM_COLUMNS].copy()
+    df["value"] = pd.to_numeric(df["value"].replace("", "nan"), errors="coerce")
+    return df
 
 # %% ../nbs/00_core.ipynb #c1b776b6
 def binary_metrics(y_true, y_score, threshold: float = 0.5) -> dict:
@@ -250,6 +351,22 @@ def mean_ci(values, level: float = 0.95) -> tuple:
     half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
     return (m, m - half, m + half)
 
+# %% ../nbs/00_core.ipynb #6a2c9b1e
+def prf(tp: int, fp: int, fn: int) -> dict:
+    "Precision, recall and F1 from true-positive, false-positive and false-negative counts (0 when undefined)."
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return dict(precision=p, recall=r, f1=2 * p * r / (p + r) if p + r else 0.0)
+
+
+def smooth_field(rng: np.random.Generator, shape, sigma: float, center: bool = True) -> np.ndarray:
+    "Unit-variance Gaussian random field of `shape` with correlation length ~`sigma` px (periodic); zero mean if `center`."
+    from scipy import ndimage
+    field = ndimage.gaussian_filter(rng.standard_normal(tuple(np.atleast_1d(shape))), sigma, mode="wrap")
+    if center:
+        field = field - field.mean()
+    return field / (field.std() + 1e-12)
+
 # %% ../nbs/00_core.ipynb #b23c0eb4
 class Stopwatch:
     "Context manager measuring wall time and process CPU time: `with Stopwatch() as sw: ...; sw.wall, sw.cpu`."
@@ -261,6 +378,11 @@ class Stopwatch:
         self.wall = time.perf_counter() - self._w
         self.cpu = time.process_time() - self._c
         return False
+
+    @property
+    def elapsed(self) -> float:
+        "Wall seconds since the block started (readable while it runs)."
+        return time.perf_counter() - self._w
 
 # %% ../nbs/00_core.ipynb #617541b3
 def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vmin=None, vmax=None,
