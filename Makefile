@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.imgsci-installed
 PROFILE ?= quick
 
-.PHONY: install reproduce reproduce-full smoke test test-fast clean-runs
+.PHONY: install reproduce reproduce-full smoke publish test test-fast clean-runs
 
 $(STAMP): setup.py settings.ini
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "imgsci needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -27,6 +27,10 @@ reproduce-full: $(STAMP)
 
 smoke: $(STAMP)
 	$(BIN)/python -m imgsci.reproduce --profile smoke
+
+# after `make reproduce`: copy _runs/$(PROFILE) into the committed results/$(PROFILE)/ and refresh the README table
+publish: $(STAMP)
+	$(BIN)/python -m imgsci.reproduce --profile $(PROFILE) --publish results
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

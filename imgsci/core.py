@@ -18,9 +18,9 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'PROJECT_ROOT', 'PROFILES', 'FIG_DPI', 'VERDICTS', 'CLAIM_COLUMNS', 'data_dir', 'data_path',
            'check_profile', 'profile_config', 'set_seed', 'atomic_path', 'atomic_write', 'prepare_out_dir',
-           'save_figure', 'markdown_table', 'save_table', 'sibling_run', 'fmt', 'Rule', 'within', 'at_least', 'at_most',
-           'Claim', 'claim', 'write_claims', 'read_claims', 'binary_metrics', 'mean_ci', 'prf', 'smooth_field',
-           'Stopwatch', 'image_panels', 'plot_history']
+           'save_figure', 'figure_caption', 'markdown_table', 'save_table', 'sibling_run', 'fmt', 'Rule', 'within',
+           'at_least', 'at_most', 'Claim', 'claim', 'write_claims', 'read_claims', 'binary_metrics', 'mean_ci', 'prf',
+           'smooth_field', 'Stopwatch', 'image_panels', 'plot_history']
 
 # %% ../nbs/00_core.ipynb #743bdd77
 import numpy as np
@@ -132,15 +132,23 @@ def _check_name(name: str, suffix: str) -> str:
     return stem
 
 
-def save_figure(fig, name: str, out_dir, dpi: int = FIG_DPI, close: bool = True) -> Path:
-    "Write `fig` to `out_dir/figures/name.png` atomically and return the path."
+def save_figure(fig, name: str, out_dir, dpi: int = FIG_DPI, close: bool = True, caption: str | None = None) -> Path:
+    "Write `fig` to `out_dir/figures/name.png` atomically (with `caption`, one sentence, in its metadata); returns the path."
     import matplotlib.pyplot as plt
     path = prepare_out_dir(out_dir) / "figures" / f"{_check_name(name, '.png')}.png"
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png",
+                    metadata={"Description": " ".join(caption.split())} if caption else None)
     if close:
         plt.close(fig)
     return path
+
+
+def figure_caption(path) -> str:
+    "The caption `save_figure` stored in a PNG ('' if it has none)."
+    from PIL import Image
+    with Image.open(path) as im:
+        return im.info.get("Description", "")
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:

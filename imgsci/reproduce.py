@@ -20,7 +20,7 @@ from pathlib import Path
 __all__ = ['REQUIRED_PARAMETERS', 'RUNNER_OWNED', 'KERNEL_START_TIMEOUT', 'study_name', 'study_family', 'has_parameters_cell',
            'notebook_parameters', 'discover_studies', 'select_studies', 'parse_overrides', 'check_overrides',
            'parse_seeds', 'run_study', 'make_tasks', 'run_task', 'run_tasks', 'combine_verdicts', 'aggregate_claims',
-           'build_report', 'make_parser', 'main']
+           'build_report', 'summary_table', 'publish', 'make_parser', 'main']
 
 # %% ../nbs/01_reproduce.ipynb #f0b8f40c
 import nbformat
@@ -29,7 +29,7 @@ import pandas as pd
 
 # %% ../nbs/01_reproduce.ipynb #ed893467
 from .core import (CLAIM_COLUMNS, PROFILES, PROJECT_ROOT, VERDICTS, Stopwatch, atomic_write, check_profile,
-                         markdown_table, read_claims)
+                         figure_caption, markdown_table, read_claims)
 
 # %% ../nbs/01_reproduce.ipynb #a937a137
 REQUIRED_PARAMETERS = ("profile", "seed", "out_dir")
@@ -356,15 +356,16 @@ def _study_state(base: Path, name: str) -> dict:
                 bad={0: (base / f"{name}.failed", bad)} if bad else {})
 
 
-def _failure_line(rel: str, rec: dict) -> str:
+def _failure_line(rel: str, rec: dict, notebooks: bool = True) -> str:
     err = rec["error"] or {}
     where = (f"cell {err.get('cell')} of the executed notebook, starting `{err.get('source')}`"
              if err.get("cell") is not None else "before or after the cells")
+    link = f" Executed notebook: [{rel}/{rec['notebook']}]({rel}/{rec['notebook']})." if notebooks else ""
     return (f"**FAILED** (seed {rec['parameters'].get('seed')}, {rec['notebook']}, {where}): "
-            f"`{err.get('ename')}: {err.get('evalue')}`. Executed notebook: [{rel}/{rec['notebook']}]({rel}/{rec['notebook']}).")
+            f"`{err.get('ename')}: {err.get('evalue')}`.{link}")
 
 
-def build_report(profile_dir, command: str = "python -m imgsci.reproduce") -> Path:
+def build_report(profile_dir, command: str = "python -m imgsci.reproduce", notebooks: bool = True) -> Path:
     "Write `<profile_dir>/REPORT.md` from every study folder (and failure) found there; returns its path."
     base = Path(profile_dir)
     states = {}
@@ -403,7 +404,7 @@ def build_report(profile_dir, command: str = "python -m imgsci.reproduce") -> Pa
         sec = [f"## {name}", ""]
         for seed in failed_now:
             folder, rec = bad[seed]
-            sec += [_failure_line(folder.relative_to(base).as_posix(), rec), ""]
+            sec += [_failure_line(folder.relative_to(base).as_posix(), rec, notebooks), ""]
             if seed in good:
                 sec += [f"The results below are the last good run of seed {good[seed][1]['parameters'].get('seed')}, "
                         f"from {good[seed][1]['started']}.", ""]
@@ -412,8 +413,9 @@ def build_report(profile_dir, command: str = "python -m imgsci.reproduce") -> Pa
             folder, rec = good[first_seed]
             rel = folder.relative_to(base).as_posix()
             params = ", ".join(f"{k}={v!r}" for k, v in rec["parameters"].items() if k not in ("out_dir", "seed"))
-            runs = ", ".join(f"[seed {good[s][1]['parameters'].get('seed')}]({good[s][0].relative_to(base).as_posix()}/{good[s][1]['notebook']}) "
-                             f"({good[s][1]['duration_s']} s)" for s in sorted(good))
+            runs = ", ".join((f"[seed {good[s][1]['parameters'].get('seed')}]({good[s][0].relative_to(base).as_posix()}/"
+                              f"{good[s][1]['notebook']})" if notebooks else f"seed {good[s][1]['parameters'].get('seed')}")
+                             + f" ({good[s][1]['duration_s']} s)" for s in sorted(good))
             sec += [f"Notebook {rec['notebook']}, {params}; runs: {runs}.", ""]
             table = claims.copy()
             table["artifact"] = [_link(f"{rel}/{a}") if a else "" for a in table["artifact"]]
@@ -427,7 +429,8 @@ def build_report(profile_dir, command: str = "python -m imgsci.reproduce") -> Pa
             if tabs:
                 sec += ["Tables: " + ", ".join(f"[{t.stem}]({rel}/tables/{t.stem}.md)" for t in tabs), ""]
             for f in sorted((folder / "figures").glob("*.png")):
-                sec += [f"**{f.stem}**", "", f"![{f.stem}]({rel}/figures/{f.name})", ""]
+                caption = figure_caption(f)
+                sec += [f"**{f.stem}**" + (f": {caption}" if caption else ""), "", f"![{f.stem}]({rel}/figures/{f.name})", ""]
         sections += sec
     if summary:
         lines += [markdown_table(pd.DataFrame(summary)), ""]
@@ -439,6 +442,105 @@ def build_report(profile_dir, command: str = "python -m imgsci.reproduce") -> Pa
     with atomic_write(path, encoding="utf-8") as f:
         f.write("\n".join(lines))
     return path
+
+# %% ../nbs/01_reproduce.ipynb #6d1e0b22
+_KEEP = ("run.json", "tables", "figures")
+
+
+def _machine() -> str:
+    import platform
+    gpu = "GPU: " + ("yes (nvidia-smi found)" if shutil.which("nvidia-smi") else "none")
+    return f"{platform.node() or 'unknown host'}, {platform.system()} {platform.machine()}, {os.cpu_count()} cores, {gpu}"
+
+
+def _git_commit(root: Path) -> str:
+    import subprocess
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return rev + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def summary_table(profile_dir) -> pd.DataFrame:
+    "One row per study of a run: its claims per verdict and its first claim as the headline."
+    base = Path(profile_dir)
+    rows = []
+    for rec_path in sorted(base.glob("*/run.json")) + sorted(base.glob("*/seed-*/run.json")):
+        rec = json.loads(rec_path.read_text())
+        if rec["study"] in {r["study"] for r in rows}:
+            continue
+        claims = read_claims(rec_path.parent / "tables" / "claims.csv")
+        head = claims.iloc[0]
+        counts = claims["verdict"].value_counts()
+        rows.append(dict(study=rec["study"], notebook=rec["notebook"], claims=len(claims),
+                         **{w: int(counts.get(w, 0)) for w in VERDICTS},
+                         headline=f"{head['claim']}: {head['our_value']} (reference {head['paper_value'] or '—'}, {head['verdict']})"))
+    return pd.DataFrame(rows).sort_values("notebook").drop(columns="notebook") if rows else pd.DataFrame()
+
+
+def publish(runs_dir, profile: str, dest_root, readme=None) -> Path:
+    "Copy the finished run `runs_dir/profile` into `dest_root/profile` with REPORT.md and RUN.md; returns that folder."
+    check_profile(profile)
+    src = Path(runs_dir).resolve() / profile
+    if not src.is_dir():
+        raise FileNotFoundError(f"no {profile} run at {src}; run `python -m imgsci.reproduce --profile {profile}` first")
+    failed = sorted(p.relative_to(src).as_posix() for p in [*src.glob("*.failed"), *src.glob("*/seed-*.failed")])
+    if failed:
+        raise ValueError(f"refusing to publish {src}: failed runs {failed}; rerun them (or delete the .failed folders)")
+    records = [json.loads(p.read_text()) for p in [*src.glob("*/run.json"), *src.glob("*/seed-*/run.json")]]
+    if not records:
+        raise ValueError(f"refusing to publish {src}: it holds no finished study")
+    other = sorted({r["profile"] for r in records} - {profile})
+    if other:
+        raise ValueError(f"refusing to publish {src} as profile {profile!r}: it holds runs of profile {other}")
+    dest = Path(dest_root).resolve() / profile
+    staging = dest.with_name(f".{profile}.publishing")
+    if staging.exists():
+        shutil.rmtree(staging)
+    for rec_path in [*src.glob("*/run.json"), *src.glob("*/seed-*/run.json")]:
+        run_dir = rec_path.parent
+        out = staging / run_dir.relative_to(src)
+        out.mkdir(parents=True)
+        for item in _KEEP:
+            if (run_dir / item).is_dir():
+                shutil.copytree(run_dir / item, out / item)
+            elif (run_dir / item).exists():
+                shutil.copy2(run_dir / item, out / item)
+    build_report(staging, notebooks=False)
+    seeds = sorted({r["seed"] for r in records})
+    lines = ["# How this run was made", "",
+             f"- commit: `{_git_commit(PROJECT_ROOT)}`",
+             f"- published: {dt.datetime.now().isoformat(timespec='seconds')}; runs started "
+             f"{min(r['started'] for r in records)} … {max(r['started'] for r in records)}",
+             f"- machine: {_machine()}",
+             f"- profile: `{profile}`; seeds: {', '.join(map(str, seeds))}",
+             f"- command: `python -m imgsci.reproduce --profile {profile}`"
+             + (f" --seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "") + ", then `make publish`",
+             f"- total notebook time: {sum(r['duration_s'] for r in records) / 60:.1f} min", "",
+             markdown_table(pd.DataFrame([dict(study=r["study"], seed=r["seed"], seconds=r["duration_s"],
+                                               peak_MB=r.get("peak_rss_mb")) for r in
+                                          sorted(records, key=lambda r: (r["notebook"], r["seed"]))]))]
+    size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+    lines += ["", f"Published size: {size / 2**20:.1f} MB."]
+    with atomic_write(staging / "RUN.md", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _replace_dir(staging, dest)
+    if readme is not None and Path(readme).exists():
+        text = Path(readme).read_text(encoding="utf-8")
+        start, end = "<!-- results:start -->", "<!-- results:end -->"
+        if start in text and end in text:
+            rel = os.path.relpath(dest / "REPORT.md", Path(readme).resolve().parent)
+            block = (f"{start}\nResults of the `{profile}` profile ([full report]({rel}), [how it was made]"
+                     f"({os.path.relpath(dest / 'RUN.md', Path(readme).resolve().parent)})):\n\n"
+                     f"{markdown_table(summary_table(dest))}{end}")
+            text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+            with atomic_write(readme, encoding="utf-8") as f:
+                f.write(text)
+    return dest
 
 # %% ../nbs/01_reproduce.ipynb #c833e2f5
 class _OneLineParser(argparse.ArgumentParser):
@@ -468,6 +570,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-timeout", type=int, default=None, help="seconds allowed per cell (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     p.add_argument("--verbose", action="store_true", help="let the kernels' stderr (TensorFlow's C++ start-up lines) through")
+    p.add_argument("--publish", metavar="DEST", help="run nothing: copy RUNS/PROFILE into DEST/PROFILE (REPORT.md, RUN.md, "
+                   "figures, tables) and refresh the README's results table")
     return p
 
 
@@ -500,6 +604,13 @@ def main(argv=None) -> int:
             raise ValueError("give either --workers (a local Dask cluster) or --scheduler (a running one), not both")
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
+    if args.publish:
+        try:
+            dest = publish(args.runs, args.profile, args.publish, readme=PROJECT_ROOT / "README.md")
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
+        print(f"published {Path(args.runs) / args.profile} → {dest} ({sum(p.stat().st_size for p in dest.rglob('*') if p.is_file()) / 2**20:.1f} MB)")
+        return 0
     if args.list:
         for n, nb in studies.items():
             print(f"{n:32s} {nb.name:45s} " + ", ".join(f"{k}={v}" for k, v in declared[n].items()))
