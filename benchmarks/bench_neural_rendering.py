@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -19,21 +18,21 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from imgsci.core import profile_config, set_seed  # noqa: E402
-from imgsci.rendering.core import load_scene, ray_tensors, scene_rays  # noqa: E402
-from imgsci.rendering.nerd import NERD_PROFILES, NeRD, make_nerd_step  # noqa: E402
-from imgsci.rendering.nerf import NERF_PROFILES, NeRF, make_nerf_step  # noqa: E402
-from imgsci.rendering.physg import PHYSG_PROFILES, PhySG, make_physg_step  # noqa: E402
+from imgsci.core import Stopwatch, profile_config, set_seed  # noqa: E402
+from imgsci.neural_rendering.nerd import NERD_PROFILES, NeRD, make_nerd_step  # noqa: E402
+from imgsci.neural_rendering.nerf import NERF_PROFILES, NeRF, make_nerf_step  # noqa: E402
+from imgsci.neural_rendering.physg import PHYSG_PROFILES, PhySG, make_physg_step  # noqa: E402
+from imgsci.neural_rendering.scenes import load_scene, ray_tensors, scene_rays  # noqa: E402
 
 
 def make_steps(scene, profile):
     "Training steps of the three methods at the profile's sizes, each with its batch size."
     rays = ray_tensors(scene_rays(scene, "train"))
     c = profile_config(profile, **NERF_PROFILES)
-    nerf = NeRF(**{k: c[k] for k in ("depth", "width", "skips", "pos_freqs", "n_coarse", "n_fine")},
-                near=scene["near"], far=scene["far"])
+    nerf = NeRF(**c["model"], near=scene["near"], far=scene["far"])
     nerf_rays = {k: rays[k] for k in ("origins", "dirs", "rgb")}
-    steps = {"NeRF": (make_nerf_step(nerf, keras.optimizers.Adam(c["lr"]), nerf_rays, c["batch"]), c["batch"])}
+    steps = {"NeRF": (make_nerf_step(nerf, keras.optimizers.Adam(c["train"]["lr"]), nerf_rays, c["train"]["batch"]),
+                      c["train"]["batch"])}
     c = profile_config(profile, **NERD_PROFILES)
     nerd = NeRD(n_images=len(scene["c2w_train"]), near=scene["near"], far=scene["far"], **c["model"])
     steps["NeRD"] = (make_nerd_step(nerd, rays, c["train"]["batch"], c["train"]["lr"]), c["train"]["batch"])
@@ -48,11 +47,11 @@ def make_steps(scene, profile):
 def time_steps(step, n):
     for v in step().values():      # warm-up: tracing and the first (slow) execution are not timed
         np.asarray(v)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        out = step()
-    np.asarray(out["loss"])
-    return (time.perf_counter() - t0) / n
+    with Stopwatch() as sw:
+        for _ in range(n):
+            out = step()
+        np.asarray(out["loss"])
+    return sw.wall / n
 
 
 def main(argv=None):

@@ -12,12 +12,13 @@ Also printed: each pipeline alone (no model) and model inference throughput.
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+
+from imgsci.core import Stopwatch
 
 # (height, width, share) of the DSB2018 stage1_train images
 DSB_SIZES = [((256, 256), 0.50), ((256, 320), 0.17), ((520, 696), 0.14), ((360, 360), 0.06),
@@ -27,7 +28,7 @@ DSB_SIZES = [((256, 256), 0.50), ((256, 320), 0.17), ((520, 696), 0.14), ((360, 
 def write_dsb_like_folder(root: Path, n: int, seed: int = 0) -> Path:
     "A processed-layout folder (images/*.jpg, masks/*.jpg) of `n` synthetic images with DSB2018-like sizes."
     from PIL import Image
-    from imgsci.nuclei_data import synthetic_nuclei
+    from imgsci.nuclei.data import synthetic_nuclei
     rng = np.random.default_rng(seed)
     shapes, shares = zip(*DSB_SIZES)
     shares = np.asarray(shares) / np.sum(shares)
@@ -46,19 +47,24 @@ def pipeline_rate(ds, batches: int, batch_size: int, warmup: int = 1) -> float:
     it = iter(ds)
     for _ in range(warmup):
         next(it)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    return batches * batch_size / (time.perf_counter() - start)
+    with Stopwatch() as sw:
+        for _ in range(batches):
+            next(it)
+    return batches * batch_size / sw.wall
 
 
 def train_rate(model, ds, steps: int, batch_size: int) -> float:
     "Steady-state training images per second: `steps` steps timed between batch ends (fit set-up excluded)."
     import keras
-    ends = []
-    clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: ends.append(time.perf_counter()))
-    model.fit(ds, epochs=1, steps_per_epoch=steps + 1, verbose=0, callbacks=[clock])
-    return steps * batch_size / (ends[-1] - ends[0])
+    watch = Stopwatch()
+    def clock(batch, logs=None):                     # from the end of the first step to the end of the last
+        if batch == 0:
+            watch.__enter__()
+        elif batch == steps:
+            watch.__exit__(None, None, None)
+    model.fit(ds, epochs=1, steps_per_epoch=steps + 1, verbose=0,
+              callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=clock)])
+    return steps * batch_size / watch.wall
 
 
 def main():
@@ -72,23 +78,23 @@ def main():
 
     import keras
     from imgsci.core import set_seed
-    from imgsci.nuclei_data import list_dsb, make_dataset, numpy_function_dataset
-    from imgsci.segmentation import build_multiresunet, compile_segmenter, predict_probability
+    from imgsci.nuclei.data import list_dsb, make_dataset, numpy_function_dataset
+    from imgsci.nuclei.segmentation import build_multiresunet, compile_segmenter, inference_throughput
 
     set_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        listing = list_dsb(write_dsb_like_folder(Path(tmp) / "dsb", args.images))
-        print(f"fabricated {len(listing)} DSB-like JPEG pairs in {time.perf_counter() - t0:.1f} s "
+        with Stopwatch() as sw:
+            listing = list_dsb(write_dsb_like_folder(Path(tmp) / "dsb", args.images))
+        print(f"fabricated {len(listing)} DSB-like JPEG pairs in {sw.wall:.1f} s "
               f"(sizes {sorted(set(zip(listing.height, listing.width)))})")
         files = list(listing.image), list(listing["mask"])
         ours = make_dataset(*files, args.batch, training=True, size=args.size, normalize="scale255")
         report = numpy_function_dataset(*files, size=args.size, batch_size=args.batch)
         # fill our cache first: the report's pipeline has none, ours pays decoding once per run
-        t0 = time.perf_counter()
-        for _ in make_dataset(*files, args.batch, size=args.size):
-            pass
-        print(f"one decode pass of ours (what its cache saves every later epoch): {time.perf_counter() - t0:.2f} s")
+        with Stopwatch() as sw:
+            for _ in make_dataset(*files, args.batch, size=args.size):
+                pass
+        print(f"one decode pass of ours (what its cache saves every later epoch): {sw.wall:.2f} s")
         n_batches = max(2, args.images // args.batch)
         # ours: the first epoch (n_batches) fills its cache, then steady state; the report's has no cache
         alone = dict(ours=pipeline_rate(ours, n_batches, args.batch, warmup=n_batches),
@@ -98,9 +104,9 @@ def main():
               "costs nothing next to the input (a fast GPU)")
 
         model = compile_segmenter(build_multiresunet((args.size, args.size, 3), "seed"), jit_compile=False)
-        t0 = time.perf_counter()
-        model.fit(ours, epochs=1, steps_per_epoch=1, verbose=0)
-        print(f"trace + first step: {time.perf_counter() - t0:.1f} s")
+        with Stopwatch() as sw:
+            model.fit(ours, epochs=1, steps_per_epoch=1, verbose=0)
+        print(f"trace + first step: {sw.wall:.1f} s")
         rates = {"ours (tf.data)": [], "report (tf.numpy_function)": []}
         for _ in range(args.rounds):
             rates["ours (tf.data)"].append(train_rate(model, ours, args.steps, args.batch))
@@ -114,13 +120,8 @@ def main():
               f"{'met' if ratio >= 1.5 else 'not met'})")
 
         x = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size), dtype=np.uint8)
-        predict_probability(model, x)
-        seconds = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            predict_probability(model, x)
-            seconds.append(time.perf_counter() - t0)
-        print(f"inference img/s at {args.size}², batch {args.batch} (best of 3): {args.batch / min(seconds):.2f}")
+        rate = inference_throughput(model, x, repeats=3, batch_size=args.batch)
+        print(f"inference img/s at {args.size}², batch {args.batch} (best of 3): {rate:.2f}")
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}, cpus {os.cpu_count()}")
 
 

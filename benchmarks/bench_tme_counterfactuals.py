@@ -1,4 +1,4 @@
-"""Benchmark: batched prototype-guided counterfactuals (imgsci.counterfactual) against alibi's CounterfactualProto.
+"""Benchmark: batched prototype-guided counterfactuals (imgsci.tme.counterfactuals) against alibi's CounterfactualProto.
 
 Same trained MLP (the paper's architecture, trained on a simulated cohort), same instances (patches of immune-excluded
 patients predicted without T cells), the paper's settings (p = 0.8 ⇔ κ = 0.6, β = 0.1, θ = 100, c = 100, c_steps = 10,
@@ -96,29 +96,29 @@ def main():
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from imgsci.core import Stopwatch
-    from imgsci.counterfactual import class_trees, counterfactual_proto
-    from imgsci.imc import CHEMOKINES, SimConfig, fit_once, make_patches, marker_thresholds, predict_proba, simulate_cohort
+    from imgsci.tme.counterfactuals import class_trees, counterfactual_proto
+    from imgsci.tme.imc import CHEMOKINES, SimConfig, fit_once, make_patches, marker_thresholds, simulate_cohort
 
     co = simulate_cohort(SimConfig(n_patients=40, cores_per_patient=(1, 2), size=160, seed=args.seed))
     patches = make_patches(co, marker_thresholds(co))
     fit = fit_once(patches, "mlp", seed=args.seed, epochs=100, patience=40)
-    model, xs, train = fit["model"], fit["x"], fit["split"]["train"]
+    model, xs, train = fit.model, fit.x, fit.split["train"]
     excluded = co.meta.excluded.to_numpy()[patches.image]
-    idx = np.nonzero(excluded & (fit["proba"] < 0.5))[0]
+    idx = np.nonzero(excluded & (fit.proba < 0.5))[0]
     x0 = xs[idx]
     mutable = np.isin(patches.channels, CHEMOKINES)
     lo, hi = xs[train].min(0), xs[train].max(0)
-    trees = class_trees(lambda a: np.stack([1 - predict_proba(model, a), predict_proba(model, a)], 1), xs[train])
+    trees = class_trees(model, xs[train])
     counterfactual_proto(model, x0[:2], trees=trees, mutable=mutable, feature_range=(lo, hi),
                          **{**PAPER, "c_steps": 1, "max_iterations": 2})  # trace the graph outside the timing
     with Stopwatch() as sw:
         ours = counterfactual_proto(model, x0, trees=trees, mutable=mutable, feature_range=(lo, hi), **PAPER)
-    ours_l1 = np.abs(ours["x_cf"] - x0).sum(1)
+    ours_l1 = np.abs(ours.x_cf - x0).sum(1)
     print(f"ours (batched, {len(x0)} instances, c_steps {PAPER['c_steps']} × {PAPER['max_iterations']} iterations): "
           f"{sw.wall:.2f} s wall, {sw.cpu:.2f} CPU-s → {len(x0) / sw.wall:.1f} instances/s, "
-          f"{1e3 * sw.cpu / len(x0):.2f} CPU-ms per instance; success {ours['found'].mean():.1%}, "
-          f"mean L1(δ) {ours_l1[ours['found']].mean():.3f}")
-    result = dict(n=len(x0), ours_wall=sw.wall, ours_cpu=sw.cpu, ours_success=float(ours["found"].mean()))
+          f"{1e3 * sw.cpu / len(x0):.2f} CPU-ms per instance; success {ours.found.mean():.1%}, "
+          f"mean L1(δ) {ours_l1[ours.found].mean():.3f}")
+    result = dict(n=len(x0), ours_wall=sw.wall, ours_cpu=sw.cpu, ours_success=float(ours.found.mean()))
     if args.no_alibi:
         print(json.dumps(result)); return
     py = build_alibi_venv()
@@ -140,9 +140,9 @@ def main():
     a_found = np.array([a["x_cf"] is not None for a in ali])
     a_cpu = np.mean([a["cpu"] for a in ali]); a_wall = np.mean([a["wall"] for a in ali])
     a_l1 = [l1(a["x_cf"], x0[pick][j]) for j, a in enumerate(ali) if a["x_cf"] is not None]
-    o_found = ours["found"][pick]
+    o_found = ours.found[pick]
     o_l1 = ours_l1[pick][o_found]
-    agree = [l1(a["x_cf"], ours["x_cf"][pick][j]) for j, a in enumerate(ali) if a["x_cf"] is not None and o_found[j]]
+    agree = [l1(a["x_cf"], ours.x_cf[pick][j]) for j, a in enumerate(ali) if a["x_cf"] is not None and o_found[j]]
     ratio_wall = a_wall / (sw.wall / len(x0))
     ratio_cpu = a_cpu / (sw.cpu / len(x0))
     print(f"alibi 0.9.6 ({k} instances, one at a time): {a_wall:.2f} s wall, {a_cpu:.2f} CPU-s per instance; "

@@ -19,16 +19,16 @@ import json
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from imgsci.core import atomic_path  # noqa: E402
-from imgsci.rendering.core import (focal_from_fov, hemisphere_cameras, latlong_directions,  # noqa: E402
-                                   mitsuba_to_nerf_c2w, srgb_encode)
+from imgsci.core import Stopwatch, atomic_path  # noqa: E402
+from imgsci.neural_rendering.scenes import (focal_from_fov, hemisphere_cameras, mitsuba_to_nerf_c2w,  # noqa: E402
+                                            srgb_encode)
+from imgsci.neural_rendering.shading import latlong_directions  # noqa: E402
 
 FOV_DEG, RADIUS, NEAR, FAR = 40.0, 4.0, 2.5, 5.5
 
@@ -150,12 +150,12 @@ def render_scene(name: str, res: int, spp: int, n_train: int, n_test: int, varia
                                    "emitter": {"type": "envmap", "bitmap": mi.Bitmap(env)}, "object": shape})
                   for k, env in (("a", env_a), ("b", env_b))}
         aov = mi.load_dict({"type": "aov", "aovs": "albedo:albedo,nn:sh_normal,dd:depth"})
-        t0 = time.perf_counter()
-        rgba_train = render_views(mi, scenes["a"], train_cams, res, spp)
-        rgba_test = render_views(mi, scenes["a"], test_cams, res, spp, seed=10_000)
-        rgba_test_b = render_views(mi, scenes["b"], test_cams, res, spp, seed=20_000)
-        aovs = render_views(mi, scenes["a"], test_cams, res, 16, integrator=aov, seed=30_000)
-        seconds = time.perf_counter() - t0
+        with Stopwatch() as sw:
+            rgba_train = render_views(mi, scenes["a"], train_cams, res, spp)
+            rgba_test = render_views(mi, scenes["a"], test_cams, res, spp, seed=10_000)
+            rgba_test_b = render_views(mi, scenes["b"], test_cams, res, spp, seed=20_000)
+            aovs = render_views(mi, scenes["a"], test_cams, res, 16, integrator=aov, seed=30_000)
+        seconds = sw.wall
     # aov channels: R, G, B, A of the (empty) inner integrator, then albedo (3), normal (3), depth (1)
     albedo, normal, depth = aovs[..., -7:-4], aovs[..., -4:-1], aovs[..., -1]
     cover = np.clip(rgba_test[..., 3:4], 1e-6, None)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsci.rendering.core import (SCENES, camera_rays, check_c2w, latlong_directions, load_blender, load_scene,
-                                   load_tiny_nerf, look_at, mitsuba_to_nerf_c2w, nearest_view_baseline,
-                                   require_masks, scene_rays, sphere_intersect)
+from imgsci.neural_rendering.scenes import (SCENES, camera_rays, check_c2w, load_blender, load_scene, load_tiny_nerf,
+                                            look_at, mitsuba_to_nerf_c2w, nearest_view_baseline, require_masks,
+                                            scene_rays)
+from imgsci.neural_rendering.shading import latlong_directions, sphere_intersect
 
 
 def write_blender(root, n=3, size=(6, 8), mode="RGBA", poses=None, meta_extra=None, sizes=None):

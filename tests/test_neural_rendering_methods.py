@@ -1,22 +1,20 @@
-"""Planted-signal tests of the three methods on tiny versions of the shipped scenes (seconds each)."""
+"""Planted-signal tests of the three methods on tiny versions of the shipped scenes (the training ones are slow)."""
 import numpy as np
 import pytest
 
 from imgsci.core import set_seed
-from imgsci.rendering.core import evaluate_views, load_scene, psnr, render_views
-from imgsci.rendering.nerd import train_nerd
-from imgsci.rendering.nerf import train_nerf
-from imgsci.rendering.physg import PhySG, train_physg
+from imgsci.neural_rendering.nerd import train_nerd
+from imgsci.neural_rendering.nerf import train_nerf
+from imgsci.neural_rendering.physg import PhySG, train_physg
+from imgsci.neural_rendering.scenes import evaluate_views, load_scene, psnr, render_views
 
 
 def tiny(name, n_train=30, factor=4):
     "A 16×16 version of a shipped scene with `n_train` training views and 3 test views."
-    s = load_scene(name, factor=factor)
+    s = load_scene(name, factor=factor, test_views=3)
     keep = np.linspace(0, 99, n_train).astype(int)
     for k in ("rgb_train", "mask_train", "c2w_train"):
         s[k] = s[k][keep]
-    for k in ("rgb_test", "mask_test", "rgb_test_b", "albedo_test", "normal_test", "c2w_test", "depth_test"):
-        s[k] = s[k][:3]
     return s
 
 
@@ -27,6 +25,7 @@ def iou(a, b):
 NERF_TINY = dict(depth=2, width=64, skips=(), pos_freqs=4, dir_freqs=2, n_coarse=16, n_fine=16, batch=256, lr=5e-3)
 
 
+@pytest.mark.slow
 def test_nerf_learns_a_consistent_scene_but_not_view_inconsistent_noise():
     scene = tiny("torus")
     set_seed(0)
@@ -46,6 +45,7 @@ def test_nerf_learns_a_consistent_scene_but_not_view_inconsistent_noise():
     assert good > bad + 3 and good > mean_image + 3, (good, bad, mean_image)
 
 
+@pytest.mark.slow
 def test_physg_fits_the_silhouette_of_a_planted_torus():
     scene = tiny("torus")
     set_seed(0)
@@ -60,6 +60,7 @@ def test_physg_fits_the_silhouette_of_a_planted_torus():
     assert hist.eikonal.iloc[-1] < 0.1
 
 
+@pytest.mark.slow
 def test_nerd_training_is_stable_and_learns_the_object():
     scene = tiny("sphere")
     set_seed(0)

@@ -1,13 +1,15 @@
-"""Tests of imgsci.densities: density families, the network input, the .sds v02 format and the dataset builder."""
+"""Tests of imgsci.radiative_transfer.data: density families, the network input, the .sds v02 format and the dataset builder."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from imgsci.core import data_path
-from imgsci.densities import (FAMILIES, SdsRecord, box_smooth, density_set, flip_input_orientation, make_density,
-                              network_input, read_sds, sds_record_size, simulate_samples, time_rows,
-                              to_image_orientation, write_sds)
+from imgsci.radiative_transfer.data import (CHANNELS_24, FAMILIES, SdsRecord, box_smooth, density_set,
+                                            flip_input_orientation, make_density, network_input, read_sds,
+                                            sds_record_size, select_channels, simulate_samples, time_rows,
+                                            to_image_orientation, write_sds)
+from imgsci.radiative_transfer.solver import Source
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "p1"
 needs_shared = pytest.mark.skipif(not (SHARED / "3000.sds").exists(), reason="../shared/reference/p1 is not available")
@@ -34,6 +36,7 @@ def test_write_reproduces_the_original_file_byte_for_byte(tmp_path):
     assert out.read_bytes() == (SHARED / "3000.sds").read_bytes()
 
 
+@pytest.mark.slow
 def test_our_pipeline_matches_the_original_network_input():
     """Our solver + builder on density 3000 gives the original's X48 (shipped copy) to float32 rounding."""
     ref = np.load(data_path("radiative_transfer", "p1_vnet_input_3000.npz"))
@@ -111,3 +114,27 @@ def test_network_input_layout_and_errors():
         time_rows(10)
     with pytest.raises(ValueError, match="square densities"):
         simulate_samples(np.ones((1, 4, 6)))
+
+
+def test_24_channel_layout():
+    """Each source keeps its own edge, then the opposite edge, E, F, T each (channel = source·12 + edge·3 + q)."""
+    own_then_opposite = {0: (0, 1), 1: (1, 0), 2: (2, 3), 3: (3, 2)}     # edge index: top, bottom, left, right
+    want = [12 * src + 3 * e + q for src in range(4) for e in own_then_opposite[src] for q in range(3)]
+    assert list(CHANNELS_24) == want
+    sig = np.random.default_rng(3).random((2, 4, 12, 70, 8))
+    X48, X24 = network_input(sig), network_input(sig, channels=24)
+    np.testing.assert_array_equal(X24[..., 9:12], X48[..., 12:15])      # source bottom, opposite edge top
+    np.testing.assert_array_equal(select_channels(X48), X24)
+    with pytest.raises(ValueError, match="48 or 24"):
+        select_channels(X48, 12)
+
+
+def test_segment_sources_and_their_limits(tmp_path):
+    segs = [Source("left", 0.25 * i, 0.25 * (i + 1)) for i in range(4)]
+    X = simulate_samples(np.ones((2, 8, 8)), sources=segs, t_final=70 * 0.5 / 8 / 299)
+    assert X.shape == (2, 64, 8, 48)
+    assert np.abs(X[0, -1, :, 6] - X[0, -1, :, 12 + 6]).max() > 0.1      # different segments light different cells
+    with pytest.raises(ValueError, match="whole-edge"):
+        simulate_samples(np.ones((1, 8, 8)), sources=segs, sds_path=tmp_path / "x.sds")
+    with pytest.raises(ValueError, match="four sources"):
+        simulate_samples(np.ones((1, 8, 8)), sources=segs[:2])
