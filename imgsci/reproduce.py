@@ -365,9 +365,11 @@ def _failure_line(rel: str, rec: dict, notebooks: bool = True) -> str:
             f"`{err.get('ename')}: {err.get('evalue')}`.{link}")
 
 
-def build_report(profile_dir, command: str = "python -m imgsci.reproduce", notebooks: bool = True) -> Path:
+def build_report(profile_dir, command: str = "python -m imgsci.reproduce", notebooks: bool = True,
+                 profile: str | None = None) -> Path:
     "Write `<profile_dir>/REPORT.md` from every study folder (and failure) found there; returns its path."
     base = Path(profile_dir)
+    profile = profile or base.name
     states = {}
     if base.exists():
         for p in base.iterdir():
@@ -378,8 +380,8 @@ def build_report(profile_dir, command: str = "python -m imgsci.reproduce", noteb
                     states[name] = st
     notebook_of = lambda st: next(iter({**st["bad"], **st["good"]}.values()))[1]["notebook"]
     names = sorted(states, key=lambda n: (notebook_of(states[n]), n))
-    lines = [f"# Reproduction report — profile `{base.name}`", "",
-             f"Regenerate with `{command} --profile {base.name}`; a single study with `--only STUDY`, several seeds "
+    lines = [f"# Reproduction report — profile `{profile}`", "",
+             f"Regenerate with `{command} --profile {profile}`; a single study with `--only STUDY`, several seeds "
              "with `--seeds 0,1,2`. Every number below comes from the executed notebooks in the linked folders.", ""]
     summary, sections = [], []
     for name in names:
@@ -509,7 +511,7 @@ def publish(runs_dir, profile: str, dest_root, readme=None) -> Path:
                 shutil.copytree(run_dir / item, out / item)
             elif (run_dir / item).exists():
                 shutil.copy2(run_dir / item, out / item)
-    build_report(staging, notebooks=False)
+    build_report(staging, notebooks=False, profile=profile)
     seeds = sorted({r["seed"] for r in records})
     lines = ["# How this run was made", "",
              f"- commit: `{_git_commit(PROJECT_ROOT)}`",
