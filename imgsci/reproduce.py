@@ -466,11 +466,16 @@ def _git_commit(root: Path) -> str:
         return "unknown (not a git checkout)"
 
 
+def _finished_runs(base: Path) -> list:
+    "The `run.json` paths of the finished runs under a profile folder (single runs, then sweep seeds)."
+    return sorted(base.glob("*/run.json")) + sorted(base.glob("*/seed-*/run.json"))
+
+
 def summary_table(profile_dir) -> pd.DataFrame:
     "One row per study of a run: its claims per verdict and its first claim as the headline."
     base = Path(profile_dir)
     rows = []
-    for rec_path in sorted(base.glob("*/run.json")) + sorted(base.glob("*/seed-*/run.json")):
+    for rec_path in _finished_runs(base):
         rec = json.loads(rec_path.read_text())
         if rec["study"] in {r["study"] for r in rows}:
             continue
@@ -492,7 +497,8 @@ def publish(runs_dir, profile: str, dest_root, readme=None) -> Path:
     failed = sorted(p.relative_to(src).as_posix() for p in [*src.glob("*.failed"), *src.glob("*/seed-*.failed")])
     if failed:
         raise ValueError(f"refusing to publish {src}: failed runs {failed}; rerun them (or delete the .failed folders)")
-    records = [json.loads(p.read_text()) for p in [*src.glob("*/run.json"), *src.glob("*/seed-*/run.json")]]
+    runs = _finished_runs(src)
+    records = [json.loads(p.read_text()) for p in runs]
     if not records:
         raise ValueError(f"refusing to publish {src}: it holds no finished study")
     other = sorted({r["profile"] for r in records} - {profile})
@@ -502,7 +508,7 @@ def publish(runs_dir, profile: str, dest_root, readme=None) -> Path:
     staging = dest.with_name(f".{profile}.publishing")
     if staging.exists():
         shutil.rmtree(staging)
-    for rec_path in [*src.glob("*/run.json"), *src.glob("*/seed-*/run.json")]:
+    for rec_path in runs:
         run_dir = rec_path.parent
         out = staging / run_dir.relative_to(src)
         out.mkdir(parents=True)
@@ -531,7 +537,7 @@ def publish(runs_dir, profile: str, dest_root, readme=None) -> Path:
         f.write("\n".join(lines) + "\n")
     dest.parent.mkdir(parents=True, exist_ok=True)
     _replace_dir(staging, dest)
-    if readme is not None and Path(readme).exists():
+    if readme is not None and Path(readme).exists() and dest.is_relative_to(Path(readme).resolve().parent):
         text = Path(readme).read_text(encoding="utf-8")
         start, end = "<!-- results:start -->", "<!-- results:end -->"
         if start in text and end in text:
