@@ -17,9 +17,10 @@ from .imc import (CELL_TYPES, CHEMOKINES, SECRETION, FitResult, Patches, inverse
 
 # %% auto #0
 __all__ = ['METRICS', 'PAPER_TABLE1', 'kappa_for', 'class_trees', 'nearest_prototypes', 'Counterfactuals', 'counterfactual_proto',
-           'relative_changes', 'therapy_table', 'therapy_dict', 'therapy_string', 'Recovery', 'recovery',
-           'scale_channels', 'model_inputs', 'chemokine_levels', 'TherapyDiscovery', 'discover_therapy', 'infiltration',
-           'oracle_infiltration', 'fold_change', 'InfiltrationAssay', 'cell_type_changes', 'changed_on_producers',
+           'relative_changes', 'therapy_table', 'wilson', 'stability_selection', 'false_target_bound', 'therapy_dict',
+           'therapy_string', 'Recovery', 'recovery', 'scale_channels', 'model_inputs', 'chemokine_levels',
+           'TherapyDiscovery', 'discover_therapy', 'infiltration', 'oracle_infiltration', 'fold_change',
+           'InfiltrationAssay', 'cell_type_changes', 'changed_on_producers', 'random_planted_sets', 'recover_mechanism',
            'metrics_string', 'retrain_table']
 
 # %% ../../nbs/02b_tme_counterfactuals.ipynb #f2b3d37c
@@ -115,9 +116,15 @@ class Counterfactuals:
 def counterfactual_proto(model, x0, x_train=None, *, trees=None, kappa: float = 0.6, beta: float = 0.1,
                          theta: float = 100.0, c_init: float = 100.0, c_steps: int = 10, max_iterations: int = 1000,
                          learning_rate_init: float = 1e-2, feature_range=(-1e10, 1e10), mutable=None,
-                         clip=(-1000.0, 1000.0), k: int = 1, batch_size: int = 4096) -> Counterfactuals:
-    "Prototype-guided counterfactuals (alibi `CounterfactualProto` semantics) of all rows of `x0` at once; `mutable` marks what may move."
+                         clip=(-1000.0, 1000.0), k: int = 1, batch_size: int = 4096,
+                         target_class: int | None = None) -> Counterfactuals:
+    """Prototype-guided counterfactuals (alibi `CounterfactualProto` semantics) of all rows of `x0` at once; `mutable` marks what may move.
+    `target_class` (two-class models) fixes the class to reach, also for instances the model already gives it with p < κ's bound."""
     import tensorflow as tf
+    if isinstance(learning_rate_init, str):
+        if learning_rate_init != "stable":
+            raise ValueError(f"learning_rate_init must be a number or 'stable', got {learning_rate_init!r}")
+        learning_rate_init = 1.0 / (2.0 * (1.0 + theta))  # 1/L of ‖x − x₀‖² + θ‖x − proto‖²
     x0 = np.asarray(x0, np.float32)
     if x0.ndim < 2 or len(x0) == 0:
         raise ValueError(f"x0 must be a non-empty batch (N, ...), got shape {x0.shape}")
@@ -126,6 +133,10 @@ def counterfactual_proto(model, x0, x_train=None, *, trees=None, kappa: float = 
     probs0 = model.predict(x0, batch_size=batch_size, verbose=0)
     n_classes = probs0.shape[1]
     orig = probs0.argmax(1)
+    if target_class is not None:  # the loss pushes away from the other class, whatever the model says now
+        if n_classes != 2 or target_class not in (0, 1):
+            raise ValueError(f"target_class needs a two-class model and a class 0 or 1, got {target_class} of {n_classes}")
+        orig = np.full(len(x0), 1 - int(target_class))
     if trees is None:
         if x_train is None:
             raise ValueError("give x_train (or prebuilt trees) to find the prototypes")
@@ -165,23 +176,70 @@ def relative_changes(x0_raw, xcf_raw, floor_fraction: float = 0.05) -> np.ndarra
     return (xcf_raw - x0_raw) / np.maximum(x0_raw, floor)
 
 
-def therapy_table(rel, names, min_change: float = 0.1, min_agreement: float = 0.7) -> pd.DataFrame:
-    "Median relative change per chemokine, its direction, the fraction of patches agreeing, and whether it is a target."
+def therapy_table(rel, names) -> pd.DataFrame:
+    "The paper's read-out of one retrain: median relative change per chemokine; a target where the median is non-zero."
     rel = np.asarray(rel, np.float64)
     if rel.ndim != 2 or rel.shape[1] != len(names):
         raise ValueError(f"rel must be (patches, {len(names)}) for the names given, got {rel.shape}")
     if len(rel) == 0:
-        raise ValueError("no counterfactuals to summarise (no patch was predicted without T cells, or none found)")
+        return pd.DataFrame(dict(chemokine=list(names), median_rel_change=0.0, direction="0", moved_fraction=0.0,
+                                 target=False))
     med = np.median(rel, 0)
-    agree = (np.sign(rel) == np.sign(med)[None]).mean(0) * (med != 0)
-    target = (np.abs(med) >= min_change) & (agree >= min_agreement)
     return pd.DataFrame(dict(chemokine=list(names), median_rel_change=med,
-                             direction=np.where(~target, "0", np.where(med > 0, "+", "-")),
-                             agreement=agree, target=target))
+                             direction=np.where(med > 0, "+", np.where(med < 0, "-", "0")),
+                             moved_fraction=(rel != 0).mean(0), target=med != 0))
+
+
+def wilson(k, n, z: float = 1.96):
+    "Wilson score interval of a proportion k / n: (low, high)."
+    k, n = np.asarray(k, float), float(n)
+    if n <= 0:
+        return np.full(np.shape(k), np.nan), np.full(np.shape(k), np.nan)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def stability_selection(rels, patients, names, n_boot: int = 50, threshold: float = 0.8, seed: int = 0) -> pd.DataFrame:
+    """Targets by stability selection: `rels[r]` (patches × chemokines) are the relative changes of retrain r, `patients[r]`
+    the patients of those patches; each retrain's patients are bootstrapped `n_boot` times and the median taken."""
+    if not 0.5 < threshold <= 1:
+        raise ValueError(f"threshold must lie in (0.5, 1], got {threshold}")
+    rng = np.random.default_rng(seed)
+    signs = []
+    for rel, pat in zip(rels, patients):
+        rel, pat = np.asarray(rel, np.float64), np.asarray(pat)
+        if len(rel) == 0:  # no counterfactual in this retrain: it selects nothing
+            signs.append(np.zeros((n_boot, len(names))))
+            continue
+        uniq = np.unique(pat)
+        rows = [np.nonzero(pat == u)[0] for u in uniq]
+        for _ in range(n_boot):
+            pick = np.concatenate([rows[i] for i in rng.integers(0, len(uniq), len(uniq))])
+            signs.append(np.sign(np.median(rel[pick], 0))[None])
+    signs = np.concatenate(signs) if signs else np.zeros((0, len(names)))
+    n = len(signs)
+    plus, minus = (signs > 0).sum(0), (signs < 0).sum(0)
+    k = np.maximum(plus, minus)
+    lo, hi = wilson(k, n)
+    freq = k / max(n, 1)
+    pooled = [np.asarray(r, np.float64) for r in rels if len(r)]
+    med = np.median(np.concatenate(pooled), 0) if pooled else np.zeros(len(names))
+    target = freq >= threshold
+    direction = np.where(plus >= minus, "+", "-")
+    return pd.DataFrame(dict(chemokine=list(names), median_rel_change=med, selection_frequency=freq, ci_low=lo, ci_high=hi,
+                             direction=np.where(target, direction, "0"), target=target, replicates=n))
+
+
+def false_target_bound(table: pd.DataFrame, threshold: float = 0.8) -> float:
+    "Meinshausen–Bühlmann bound q̄² / ((2π_thr − 1)·p) on the expected number of false targets (q̄: mean selected per replicate)."
+    q = float(table.selection_frequency.sum())
+    return q * q / ((2 * threshold - 1) * len(table))
 
 
 def therapy_dict(table: pd.DataFrame, targets_only: bool = True) -> dict:
-    "The therapy as `{chemokine: relative change}` (targets only by default)."
+    "The therapy as `{chemokine: median relative change}` (targets only by default)."
     t = table[table.target] if targets_only else table
     return {r.chemokine: float(r.median_rel_change) for r in t.itertuples()}
 
@@ -206,6 +264,18 @@ class Recovery:
     def f1(self) -> float:
         "F1 of the targets against the mechanism (a target with the wrong sign is both false and missed)."
         return prf(len(self.hits), len(self.false), len(self.missed))["f1"]
+
+    @property
+    def precision(self) -> float:
+        "Fraction of the targets that are planted with that sign (NaN when there is no target)."
+        n = len(self.hits) + len(self.false)
+        return len(self.hits) / n if n else float("nan")
+
+    @property
+    def recall(self) -> float:
+        "Fraction of the planted chemokines found with their sign (NaN when nothing is planted)."
+        n = len(self.hits) + len(self.missed)
+        return len(self.hits) / n if n else float("nan")
 
 
 def recovery(table: pd.DataFrame, planted) -> Recovery:
@@ -251,38 +321,50 @@ class TherapyDiscovery:
     table: pd.DataFrame       # the therapy table (see `therapy_table`)
     trees: dict               # the prototype trees (reusable for another β)
     chemokines: list          # the chemokines that were free to move
+    instances: np.ndarray = None  # the patches explained (rel's rows are `instances[result.found]`)
+    reason: str = ""          # why there is no therapy ("" when counterfactuals were searched)
+
+    @property
+    def explained(self) -> np.ndarray:
+        "The patches whose counterfactual was found (the rows of `rel`)."
+        return self.instances[self.result.found] if self.result is not None else np.zeros(0, int)
 
 
 def discover_therapy(fit: FitResult, patches: Patches, instances, chemokines=CHEMOKINES, p: float = 0.8,
                      beta: float = 0.1, theta: float = 100.0, c_init: float = 100.0, c_steps: int = 10,
-                     max_iterations: int = 1000, trees=None, min_change: float = 0.1,
-                     min_agreement: float = 0.7) -> TherapyDiscovery:
-    "Counterfactuals of the patches `instances` moving only the `chemokines`; their relative changes and therapy table."
+                     max_iterations: int = 1000, trees=None, target_class: int = 1) -> TherapyDiscovery:
+    "Counterfactuals of the patches `instances` (target class T cells) moving only the `chemokines`; relative changes and therapy table."
     names = [c for c in chemokines if c in patches.channels]
     if not names:
         raise ValueError(f"none of {list(chemokines)} is among the channels {patches.channels}")
     chem_idx = [patches.channels.index(c) for c in names]
-    instances = np.asarray(instances)
-    if len(instances) == 0:
-        raise ValueError("no instances to explain (no patch was predicted without T cells)")
+    instances = np.asarray(instances, int)
     xs, train = fit.x, fit.split["train"]
+
+    def nothing(reason):
+        return TherapyDiscovery(None, np.zeros((0, len(names))), therapy_table(np.zeros((0, len(names))), names),
+                                trees, names, instances, reason)
+    if len(instances) == 0:
+        return nothing(f"no patch has p(T cells) < {p}: there is nothing to explain")
+    if trees is None:
+        trees = class_trees(fit.model, xs[train])
+    if target_class not in trees:
+        return nothing("the classifier predicts no training patch as holding T cells, so there is no T-cell prototype "
+                       "to aim for: it has learnt no chemokine signal (expected when no mechanism is planted)")
     channel_mask = np.isin(np.arange(len(patches.channels)), chem_idx)
     if fit.kind == "mlp":
         mutable, frange = channel_mask, (xs[train].min(0), xs[train].max(0))
     else:
         mutable = channel_mask[None, None, None] & ~patches.removed[instances][..., None]
         frange = (xs[train].min((0, 1, 2)), xs[train].max((0, 1, 2)))
-    if trees is None:
-        trees = class_trees(fit.model, xs[train])
     res = counterfactual_proto(fit.model, xs[instances], trees=trees, mutable=mutable, feature_range=frange,
                                kappa=kappa_for(p), beta=beta, theta=theta, c_init=c_init, c_steps=c_steps,
-                               max_iterations=max_iterations, k=1)
+                               max_iterations=max_iterations, k=1, target_class=target_class)
     ok = res.found
     rel = relative_changes(chemokine_levels(fit, patches, xs[instances][ok], instances[ok], chem_idx),
                            chemokine_levels(fit, patches, res.x_cf[ok], instances[ok], chem_idx))
-    table = therapy_table(rel, names, min_change, min_agreement) if ok.any() else \
-        pd.DataFrame(dict(chemokine=names, median_rel_change=0.0, direction="0", agreement=0.0, target=False))
-    return TherapyDiscovery(res, rel, table, trees, names)
+    return TherapyDiscovery(res, rel, therapy_table(rel, names), trees, names, instances,
+                            "" if ok.any() else f"no counterfactual reached p(T cells) ≥ {p} within the search")
 
 # %% ../../nbs/02b_tme_counterfactuals.ipynb #d782c9a0
 def infiltration(fit: FitResult, patches: Patches, sel, therapy: dict | None = None, threshold: float = 0.5) -> pd.Series:
@@ -350,6 +432,42 @@ def changed_on_producers(cell_changes: pd.DataFrame, planted: dict) -> list:
             if np.sign(net) == np.sign(weight):
                 out.append(name)
     return out
+
+# %% ../../nbs/02b_tme_counterfactuals.ipynb #00ac3034
+def random_planted_sets(n_sets: int, seed: int = 2026, sizes=(1, 4)) -> list:
+    "`n_sets` random mechanisms of `sizes[0]`–`sizes[1]` chemokines with random signs, e.g. 'CCL2+,CXCL13-'."
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_sets):
+        k = int(rng.integers(sizes[0], sizes[1] + 1))
+        names = rng.choice(len(CHEMOKINES), k, replace=False)
+        out.append(",".join(f"{CHEMOKINES[j]}{'+' if rng.uniform() < 0.5 else '-'}" for j in sorted(names)))
+    return out
+
+
+def recover_mechanism(planted: str, seed: int, sim: dict, fit: dict, cf: dict, n_retrains: int = 2, n_boot: int = 50,
+                      threshold: float = 0.8, p: float = 0.8) -> dict:
+    "Simulate a cohort with `planted`, train `n_retrains` MLPs, read the therapy by stability selection; one row of the recovery table."
+    from imgsci.tme.imc import SimConfig, fit_once, make_patches, marker_thresholds, simulate_cohort
+    co = simulate_cohort(SimConfig(**{**sim, "planted": planted, "seed": seed}))
+    patches = make_patches(co, marker_thresholds(co))
+    excluded = co.meta.excluded.to_numpy()[patches.image]
+    names = [c for c in CHEMOKINES if c in patches.channels]
+    rels, pats, reasons, aucs, n_inst = [], [], [], [], []
+    for r in range(n_retrains):
+        f = fit_once(patches, "mlp", seed=seed * 1000 + r, **fit)
+        inst = np.nonzero(excluded & (f.proba < p))[0]
+        d = discover_therapy(f, patches, inst, names, p=p, **cf)
+        rels.append(d.rel); pats.append(patches.patient[d.explained]); reasons.append(d.reason)
+        aucs.append(f.metrics[0.5]["auc"]); n_inst.append(len(inst))
+        del f
+    table = stability_selection(rels, pats, names, n_boot, threshold, seed)
+    rec = recovery(table, planted)
+    return dict(planted=planted or "none", seed=seed, n_planted=len(parse_planted(planted)), targets=therapy_string(table),
+                hits=len(rec.hits), false=len(rec.false), missed=len(rec.missed), precision=rec.precision,
+                recall=rec.recall, false_targets=",".join(rec.false), test_auc=float(np.mean(aucs)),
+                instances=float(np.mean(n_inst)), no_therapy_reason="; ".join(sorted({x for x in reasons if x})),
+                mb_bound=false_target_bound(table, threshold), table=table)
 
 # %% ../../nbs/02b_tme_counterfactuals.ipynb #fa8b87d8
 METRICS = ("precision", "recall", "f1", "auc", "mcc")

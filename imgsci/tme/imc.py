@@ -21,12 +21,12 @@ from ..core import binary_metrics, set_seed, smooth_field
 
 # %% auto #0
 __all__ = ['CHEMOKINES', 'TCELL_MARKERS', 'PAPER_PLANTED', 'SIM_CHANNELS', 'CELL_TYPES', 'SECRETION', 'PROTEINS', 'PROTEIN_NAMES',
-           'NUCLEAR', 'MARKER_ALIASES', 'parse_planted', 'SimConfig', 'diffuse', 'patch_tiles', 'tile_sums',
-           'tcell_patches', 'check_image', 'Cohort', 'resolve_channels', 'simulate_cohort', 'oracle_tcells',
-           'read_stack', 'read_hoch_panel', 'load_hoch2022', 'load_danenberg2022', 'smooth_channels',
-           'marker_thresholds', 'tcell_pixels', 'Patches', 'make_patches', 'transform', 'inverse_transform', 'ZScore',
-           'mlp_inputs', 'cnn_inputs', 'patient_split', 'build_mlp', 'build_cnn', 'validation_mcc', 'TrainHistory',
-           'train_classifier', 'FitResult', 'fit_once']
+           'NUCLEAR', 'NICHE_GROUPS', 'INDUCED_BY_TCELLS', 'ADVERSARIAL', 'MARKER_ALIASES', 'parse_planted',
+           'SimConfig', 'diffuse', 'patch_tiles', 'tile_sums', 'tcell_patches', 'check_image', 'Cohort',
+           'resolve_channels', 'simulate_cohort', 'oracle_tcells', 'read_stack', 'read_hoch_panel', 'load_hoch2022',
+           'load_danenberg2022', 'smooth_channels', 'marker_thresholds', 'tcell_pixels', 'Patches', 'make_patches',
+           'transform', 'inverse_transform', 'ZScore', 'mlp_inputs', 'cnn_inputs', 'patient_split', 'build_mlp',
+           'build_cnn', 'validation_mcc', 'TrainHistory', 'train_classifier', 'FitResult', 'fit_once']
 
 # %% ../../nbs/02a_tme_imc.ipynb #6fafc76d
 CHEMOKINES = ("CCL2", "CCL4", "CCL8", "CCL18", "CCL19", "CCL22", "CXCL8", "CXCL9", "CXCL10", "CXCL12", "CXCL13")
@@ -115,6 +115,12 @@ class SimConfig:
     mrna_counts: float = 4.0
     background: float = 0.3
     spillover: float = 0.03
+    # adversarial options (all off by default; the study turns them on, see `ADVERSARIAL`)
+    niche_correlation: float = 0.0    # chemokines of one `NICHE_GROUPS` group share this fraction of niche variance
+    reverse_causation: float = 0.0    # T cells induce CXCL9/CXCL10/CXCL13 mRNA around them: fold rise at a T cell
+    recruitment: str = "loglinear"    # "loglinear" or "hill" (saturating)
+    hill_n: float = 3.0
+    against_compartment: float = 0.0  # attractors made more in tumour nests, repellents more in stroma (×(1+a))
     seed: int = 0
 
     def __post_init__(self):
@@ -123,6 +129,15 @@ class SimConfig:
             raise ValueError(f"a cohort needs n_patients ≥ 1 and size ≥ 40 px, got {self.n_patients}, {self.size}")
         if not 0 < self.target_positive < 1:
             raise ValueError(f"target_positive must lie in (0, 1), got {self.target_positive}")
+        if not 0 <= self.niche_correlation < 1:
+            raise ValueError(f"niche_correlation must lie in [0, 1), got {self.niche_correlation}")
+        if self.recruitment not in ("loglinear", "hill"):
+            raise ValueError(f"unknown recruitment {self.recruitment!r}; use 'loglinear' or 'hill'")
+
+
+NICHE_GROUPS = (("CXCL9", "CXCL10", "CCL8", "CCL4"), ("CCL19", "CXCL13", "CXCL12"), ("CCL2", "CCL18", "CCL22", "CXCL8"))
+INDUCED_BY_TCELLS = ("CXCL9", "CXCL10", "CXCL13")
+ADVERSARIAL = dict(niche_correlation=0.6, reverse_causation=2.0, recruitment="hill", against_compartment=1.0, gain=1.0)
 
 # %% ../../nbs/02a_tme_imc.ipynb #936633fc
 def diffuse(source, length: float, coarse: int = 2):
@@ -193,8 +208,19 @@ def _core_world(seed: int, cfg: SimConfig, patient_factor, excluded: bool) -> di
     coarse = 4  # niches vary on tens of µm: draw them on a coarse grid
     m = -(-n // coarse)
     niches = np.stack([smooth_field(rng, (m, m), cfg.niche_scale / coarse) for _ in CHEMOKINES], -1)
+    if cfg.niche_correlation > 0:  # shared niches: corr(niche_i, niche_j) = ρ within a group
+        rho = cfg.niche_correlation
+        for group in NICHE_GROUPS:
+            shared = smooth_field(rng, (m, m), cfg.niche_scale / coarse)
+            for name in group:
+                j = CHEMOKINES.index(name)
+                niches[..., j] = np.sqrt(rho) * shared + np.sqrt(1 - rho) * niches[..., j]
     ci = np.clip((centres / coarse).astype(int), 0, m - 1)
     chem = chem * np.exp(cfg.niche_sd * niches[ci[:, 0], ci[:, 1]] - cfg.niche_sd ** 2 / 2)
+    if cfg.against_compartment > 0:  # the compartment where a planted chemokine is made keeps T cells out
+        for name, w in parse_planted(cfg.planted).items():
+            home = CELL_TYPES.index("tumour" if w > 0 else "stroma")
+            chem[types == home, CHEMOKINES.index(name)] *= 1 + cfg.against_compartment
     prot = _cell_levels(rng, types, PROTEINS, PROTEIN_NAMES, 0.3)
     capsule = in_barrier & (types == CELL_TYPES.index("stroma"))
     prot[capsule, PROTEIN_NAMES.index("SMA")] = 3 * PROTEINS["SMA"]["stroma"][1]
@@ -228,7 +254,12 @@ def _attraction(conc, world: dict, cfg: SimConfig, planted: dict, ref, eps: floa
     logr = np.zeros(conc.shape[:2])
     for name, w in planted.items():
         j = CHEMOKINES.index(name)
-        logr += cfg.gain * w * np.log(conc[..., j] / ref[j] + eps)
+        if cfg.recruitment == "hill":  # saturating: the response spans a factor e^(2·gain·|w|), half-way at c̄
+            x = (conc[..., j] / ref[j]) ** cfg.hill_n
+            a = np.expm1(2 * cfg.gain * abs(w))
+            logr += np.sign(w) * np.log1p(a * x / (1 + x))
+        else:
+            logr += cfg.gain * w * np.log(conc[..., j] / ref[j] + eps)
     perm = np.where(world["tumour"] & world["excluded"], cfg.excluded_permeability, 1.0)
     return perm * np.exp(logr)
 
@@ -280,6 +311,10 @@ def _render(world: dict, cfg: SimConfig, tcell_p, scale):
         tmap[..., nuclear] *= (dist <= 0.6 * cfg.tcell_radius)[..., None]
         prot = np.where(tmask[..., None], tmap, prot)  # T cells push the cells beneath them aside
         chem = np.where(tmask[..., None], 0, chem)
+        if cfg.reverse_causation > 0:  # IFN-γ from T cells induces CXCL9/10/13 within ~15 µm (after recruitment)
+            near = np.minimum(ndimage.gaussian_filter(tmask.astype(np.float32), 15.0) / 0.03, 1.0)
+            for name in INDUCED_BY_TCELLS:
+                chem[..., CHEMOKINES.index(name)] *= 1 + cfg.reverse_causation * near
     by_name = {**{c: prot[..., i] for i, c in enumerate(PROTEIN_NAMES)}, **{c: chem[..., i] for i, c in enumerate(CHEMOKINES)}}
     expected = np.stack([by_name[c] for c in SIM_CHANNELS], -1) + cfg.background
     expected = ndimage.gaussian_filter(expected, (0.6, 0.6, 0))
@@ -783,7 +818,8 @@ class FitResult:
 
 
 def fit_once(patches: Patches, kind: str = "mlp", seed: int = 0, epochs: int = 200, patience: int = 50,
-             batch_size: int = 32, transform_kind: str = "arcsinh", thresholds=(0.8, 0.5)) -> FitResult:
+             batch_size: int = 32, transform_kind: str = "arcsinh", thresholds=(0.8, 0.5),
+             learning_rate: float = 1e-3) -> FitResult:
     "Split by patient, standardise, build and train the `kind` classifier once; metrics on the test patients."
     if kind not in ("mlp", "cnn"):
         raise ValueError(f"unknown model {kind!r}; use 'mlp' or 'cnn'")
@@ -797,7 +833,7 @@ def fit_once(patches: Patches, kind: str = "mlp", seed: int = 0, epochs: int = 2
         model = build_cnn(x.shape[1:])
     y = patches.label
     hist = train_classifier(model, x[split["train"]], y[split["train"]], x[split["val"]], y[split["val"]],
-                            epochs=epochs, batch_size=batch_size, patience=patience)
+                            epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate)
     proba = model.predict(x, batch_size=1024, verbose=0)[:, 1]
     te = split["test"]
     metrics = {p: binary_metrics(y[te], proba[te], threshold=p) for p in thresholds}
