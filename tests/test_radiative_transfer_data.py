@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from imgsci.core import data_path
-from imgsci.radiative_transfer.data import (CHANNELS_24, FAMILIES, SdsRecord, box_smooth, density_set,
+from imgsci.radiative_transfer.data import (ALL_FAMILIES, CHANNELS_24, FAMILIES, ORIGINAL_FAMILY, ORIGINAL_MIX, SdsRecord,
+                                            original_islands_density, original_mix, original_split, box_smooth, density_set,
                                             flip_input_orientation, make_density, network_input, read_sds,
                                             sds_record_size, select_channels, simulate_samples, time_rows,
                                             to_image_orientation, write_sds)
@@ -99,6 +100,48 @@ def test_density_families():
     with pytest.raises(ValueError, match="positive integer"):
         density_set(0)
     np.testing.assert_allclose(box_smooth(np.arange(25.0).reshape(5, 5), 1), [[6, 7, 8], [11, 12, 13], [16, 17, 18]])
+
+
+def _map_stats(x):
+    "Per-map statistics: mean, standard deviation, fraction above 1.5, mean gradient magnitude, max."
+    x = np.asarray(x)
+    grad = np.hypot(*np.gradient(x, axis=(-2, -1))).mean(axis=(-2, -1))
+    return np.stack([x.mean(axis=(-2, -1)), x.std(axis=(-2, -1)), (x > 1.5).mean(axis=(-2, -1)), grad,
+                     x.max(axis=(-2, -1))], axis=-1)
+
+
+def _quantile_of_reference(family, n=200):
+    "Where density 3000's statistics fall in the distribution of `n` maps of `family` (quantile per statistic)."
+    ref = np.load(data_path("radiative_transfer", "p1_reference_3000_top.npz"))["density_rowTop"]
+    rho, _ = density_set(n, families=(family,), seed=11)
+    return (_map_stats(rho) <= _map_stats(ref)).mean(axis=0)
+
+
+def test_original_generator_matches_the_reference_density_statistics():
+    # density 3000 was made by the original's generator: each of its statistics must sit in the central 80 % of ours
+    q = _quantile_of_reference(ORIGINAL_FAMILY)
+    assert np.all(np.abs(q - 0.5) <= 0.4), q
+    # the same check tells our description-based islands apart (density 3000 is in a tail of it)
+    assert np.any(np.abs(_quantile_of_reference("islands") - 0.5) > 0.4)
+    rho = np.stack([original_islands_density(np.random.default_rng(k)) for k in range(20)])
+    assert rho.shape == (20, 64, 64) and rho.min() == 1.0 and rho.max() <= 5.0
+    np.testing.assert_array_equal(rho[:, :2], 1.0)                   # 8-pixel border at 1, smoothed 3 times
+    assert ORIGINAL_FAMILY in ALL_FAMILIES and ORIGINAL_FAMILY not in FAMILIES
+
+
+def test_original_mix_and_split():
+    mix = original_mix()
+    assert len(mix) == 2883 and set(mix) == {"gaussians", "squares", "rotated_squares", "circles"}
+    assert mix[481] == "gaussians" and mix[482] == "squares" and mix[1928] == "rotated_squares" and mix[2410] == "gaussians"
+    assert [hi - lo for lo, hi, _ in ORIGINAL_MIX] == [482, 482, 964, 240, 242, 481]
+    tr, va, te = original_split()
+    assert (len(tr), len(va), len(te)) == (1950, 750, 183) and len(set(tr) | set(va) | set(te)) == 2883
+    rho, names = density_set(6, names=original_mix(2883)[[0, 500, 2000, 2200, 2500, 1]])
+    assert list(names) == ["gaussians", "squares", "rotated_squares", "circles", "gaussians", "gaussians"]
+    with pytest.raises(ValueError, match="unknown density family"):
+        density_set(2, names=["stars", "circles"])
+    with pytest.raises(ValueError, match="n must lie"):
+        original_mix(3000)
 
 
 def test_network_input_layout_and_errors():

@@ -9,15 +9,28 @@ from imgsci.core import set_seed
 from imgsci.radiative_transfer.data import simulate_samples
 from imgsci.radiative_transfer.inversion import (InputScaler, M1_SEGMENTS, M1ClassificationScores, build_m1_cnn,
                                                  build_vnet, crenel_density, density_to_target, imprint_fraction,
-                                                 invert_by_gradient, linear_interpolation_matrix,
+                                                 invert_by_gradient, linear_interpolation_matrix, keras_r2_per_sample,
+                                                 float32_ulps, common_to_sample_ratio, M1_BACKGROUND, InputJacobian,
+                                                 linear_mmse, randomized_svd,
                                                  m1_classification_scores, m1_dataset, m1_inputs, m1_regression_scores,
                                                  r2_by_family, r2_per_sample, segments_in_front, simulate_input_tf,
                                                  stratified_split, target_to_density, train_model)
 
 
-def test_vnet_has_the_original_size_and_shape():
+def test_vnet_original_variant_has_the_original_size():
+    model = build_vnet(variant="original")
+    assert model.count_params() == 2_272_721            # the original's "24 channels, D = 10, 2.27 M params"
+    names = [l.__class__.__name__ for l in model.layers]
+    # one BatchNorm per level (5 encoder + 4 decoder), 4 skip adds + 9 within-level residual adds
+    assert names.count("BatchNormalization") == 9 and names.count("Add") == 13
+    assert model.input_shape == (None, 64, 64, 24) and model.output_shape == (None, 64, 64, 1)
+    with pytest.raises(ValueError, match="unknown V-Net variant"):
+        build_vnet(variant="vnet2")
+
+
+def test_vnet_ours_has_batchnorm_after_every_convolution():
     model = build_vnet()
-    assert model.count_params() == 2_274_561            # "24 channels, D = 10, 2.27 M params"
+    assert model.count_params() == 2_274_561            # + 460 BatchNorm channels × 4 = 1,840 more than the original
     assert model.input_shape == (None, 64, 64, 24) and model.output_shape == (None, 64, 64, 1)
     names = [l.__class__.__name__ for l in model.layers]
     assert names.count("Add") == 4 and names.count("Conv2DTranspose") == 4 and names.count("BatchNormalization") == 18
@@ -131,3 +144,40 @@ def test_m1_scores():
     assert np.isclose(s.r2_h, 1 - (0.25 + 2.25) / ((true[:, 2] - true[:, 2].mean()) ** 2).sum())
     c = m1_classification_scores([[1, 0, 0, 0], [0, 1, 1, 0]], [[0.9, 0.1, 0.2, 0.1], [0.1, 0.7, 0.3, 0.2]])
     assert c == M1ClassificationScores(binary_accuracy=7 / 8, strict_score=0.5)
+
+
+def test_keras_r2_is_per_sample_and_reads_higher_than_sklearn():
+    rng = np.random.default_rng(5)
+    true = np.column_stack([rng.uniform(0.2, 0.8, 200), rng.uniform(0.2, 0.8, 200), rng.uniform(2, 10, 200)])
+    pred = true + rng.normal(size=true.shape) * [0.05, 0.05, 0.6]
+    by_hand = np.mean([1 - ((t - p) ** 2).sum() / (((t - t.mean()) ** 2).sum() + 1e-7) for t, p in zip(true, pred)])
+    assert np.isclose(keras_r2_per_sample(true, pred), by_hand)
+    s = m1_regression_scores(true, pred)
+    assert s.r2_keras == keras_r2_per_sample(true, pred) and s.r2_keras > s.r2 + 0.02     # same errors, higher number
+    assert M1_BACKGROUND == 0.1 and np.isclose(m1_dataset(2, seed=0)[0].min(), 0.1)
+
+
+def test_imprint_measures():
+    assert float32_ulps(np.spacing(np.float32(8.5)) * 4, 8.5) == 4.0
+    rng = np.random.default_rng(3)
+    common = 10 * np.sin(np.arange(32))[None, :, None, None] * np.ones((1, 1, 8, 3))
+    X = common + rng.normal(size=(400, 32, 8, 3))
+    assert np.isclose(common_to_sample_ratio(X)[0], common.var(), rtol=0.1)
+
+
+@pytest.mark.slow
+def test_jacobian_products_are_adjoint_and_the_svd_finds_the_leading_direction():
+    N, tf_ = 8, 24 * 0.5 / 8 / 299
+    jac = InputJacobian(1 + np.outer(np.hanning(N), np.hanning(N)), np.ones(48), t_final=tf_, n_rows=16)
+    v = np.random.default_rng(0).normal(size=(2, N, N))
+    u = np.random.default_rng(1).normal(size=(2,) + jac.x0.shape)
+    lhs, rhs = (u * jac.jvp(v)).sum(axis=(1, 2, 3)), (jac.vjp(u) * v).sum(axis=(1, 2))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-6)                  # forward (differences) and reverse mode agree
+    U, s, Vt, _ = randomized_svd(jac, 3)
+    assert (np.diff(s) <= 0).all()
+    gain = np.linalg.norm(jac.jvp(Vt[:1].reshape(1, N, N)))
+    # s are singular values of QᵀJ, lower bounds of J's; the leading right vector is amplified at least by s₁
+    assert s[0] * (1 - 1e-6) <= gain < 2 * s[0]
+    A, L = np.random.default_rng(2).normal(size=(3, 5)), np.random.default_rng(3).normal(size=(3, 7))
+    c = np.random.default_rng(4).normal(size=(2, 3))
+    np.testing.assert_allclose(linear_mmse(A, L, c @ A, 1e-12), c @ L, atol=1e-6)

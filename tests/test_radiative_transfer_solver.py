@@ -9,7 +9,9 @@ from imgsci.core import data_path
 from imgsci.radiative_transfer.solver import (CFL_MAX, E_INIT, SCHEMES, NonFiniteError, Source, check_cfl,
                                               convergence_order, diffusion_ratio, edge_symmetry_errors, energy_balance,
                                               equilibrium_drift, fourier_mode_error, gradient_check, n_time_steps,
-                                              reference_match, split_step_p1, time_step, uniform_flux_decay_error)
+                                              reference_match, self_convergence, split_step_p1, step1_cell_reference,
+                                              time_step, uniform_flux_decay_error)
+from imgsci.radiative_transfer.solver import _Static, _step1, MAX_ITER, SOURCE_AMPLITUDE, T_INIT, TOL
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "p1"
 SHIPPED = data_path("radiative_transfer", "p1_reference_3000_top.npz")
@@ -186,3 +188,37 @@ def test_equilibrium_and_energy_balance(scheme, limit):
     eb = energy_balance(rho, "right", scheme, 150 * time_step(16))
     assert abs(eb["residual"]) < limit, eb
     assert abs(eb["boundary_outflow"]) > 1.0     # the source really pumped energy in
+
+
+def test_original_step1_reevaluates_sigma_a_at_every_iterate():
+    """The C++ uses σa(T^q) in each fixed-point pass; a cell needing ≥ 3 passes tells it from σa frozen at Tⁿ."""
+    import tensorflow as tf
+    cells = [(E_INIT, T_INIT, 1.0), (40.0, 5.0, 3.0), (2.0, 5.0, 4.0), (9.5, 5.0, 2.0), (20.0, 4.0, 5.0)]
+    dt = time_step(64)
+    ref = [step1_cell_reference(*c, dt) for c in cells]
+    frozen = [step1_cell_reference(*c, dt, freeze_sigma=True) for c in cells]
+    assert max(r[2] for r in ref) >= 3
+    assert max(abs(f[0] - r[0]) for f, r in zip(frozen, ref)) > 1e-6            # the case tells the two apart
+    k = _Static(scheme="original", boundary="transmissive", dx=1 / 64, tol=TOL, max_iter=MAX_ITER, sigma_a_scale=1.0,
+                t_power=1, src_amp=SOURCE_AMPLITUDE, chunk=8)
+    args = [tf.constant([[[c[i] for c in cells]]], tf.float64) for i in range(3)]
+    for unroll in (0, 8):                                                        # while loop and gradient path
+        E, T, passes, _ = _step1(*args, dt, k if not unroll else _Static(**{**k.__dict__, "unroll": unroll}))
+        np.testing.assert_allclose(E.numpy()[0, 0], [r[0] for r in ref], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(T.numpy()[0, 0], [r[1] for r in ref], rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_self_convergence_on_the_production_path():
+    """Consistent scheme, heterogeneous ρ, σa = σc = ρT, source top, transmissive edges: first order."""
+    tab = self_convergence((32, 64, 128, 256), "consistent", coarse_steps=16)
+    assert (np.diff(tab.error) < 0).all(), tab
+    assert 0.75 < tab.order.iloc[-2] < 1.3, tab
+    with pytest.raises(ValueError, match="must double"):
+        self_convergence((16, 48))
+
+
+def test_diffusion_estimator_refuses_unrelaxed_runs():
+    with pytest.raises(ValueError, match="relaxation times"):
+        diffusion_ratio("consistent", 16.0)
+    assert diffusion_ratio("consistent", 32.0)["relaxation_times"] >= 8

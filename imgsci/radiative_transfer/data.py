@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['FAMILIES', 'RAW_SIZE', 'BORDER', 'RHO_MIN', 'RHO_MAX', 'OPPOSITE', 'CHANNELS_24', 'SDS_MAGIC', 'SDS_EDGE_CODES',
-           'box_smooth', 'islands_density', 'shapes_density', 'make_density', 'density_set', 'time_rows',
-           'select_channels', 'network_input', 'flip_input_orientation', 'SdsRecord', 'sds_record_size',
-           'to_image_orientation', 'write_sds', 'read_sds', 'simulate_samples']
+__all__ = ['FAMILIES', 'RAW_SIZE', 'BORDER', 'RHO_MIN', 'RHO_MAX', 'ORIGINAL_FAMILY', 'ALL_FAMILIES', 'ORIGINAL_MIX',
+           'ORIGINAL_SPLIT', 'OPPOSITE', 'CHANNELS_24', 'SDS_MAGIC', 'SDS_EDGE_CODES', 'box_smooth', 'islands_density',
+           'shapes_density', 'original_islands_density', 'original_mix', 'original_split', 'make_density',
+           'density_set', 'time_rows', 'select_channels', 'network_input', 'flip_input_orientation', 'SdsRecord',
+           'sds_record_size', 'to_image_orientation', 'write_sds', 'read_sds', 'simulate_samples']
 
 # %% ../../nbs/03b_radiative_transfer_data.ipynb #91d91838
 from ..core import atomic_path
@@ -95,24 +96,80 @@ def shapes_density(rng, family: str) -> np.ndarray:
     return _finish(raw)
 
 
+ORIGINAL_FAMILY = "original_islands"      # the original generator's recipe (its test notebook; densities 3000–3003)
+ALL_FAMILIES = FAMILIES + (ORIGINAL_FAMILY,)
+
+
+def original_islands_density(rng) -> np.ndarray:
+    """The original generator (test notebook of MOCO, the maker of densities 3000–3003): warped product of sines in
+    [1, 3] on a 70×70 grid, 1–4 diagonal-centred Gaussian bumps, rescaled to max 5, clipped below at 1, 8-pixel
+    border at 1, three valid 3×3 box filters (70 → 64)."""
+    a = np.linspace(0.0, 1.0, RAW_SIZE)
+    A, B = np.meshgrid(a, a)
+    nu, p = rng.uniform(1, 4, 2), rng.uniform(0.08, 0.6, 2)
+    a2 = A + p[0] * np.sin(2 * np.pi * A)
+    b2 = B + p[1] * np.sin(2 * np.pi * A) * np.sin(2 * np.pi * B)
+    y = np.sin(np.pi * nu[0] * a2) * np.sin(np.pi * nu[1] * b2)
+    den = 1.0 + 2.0 * (0.5 * y + 0.501)
+    g = np.linspace(-5.0, 5.0, RAW_SIZE)
+    GX, GY = np.meshgrid(g, g)
+    for _ in range(int(rng.integers(1, 5))):
+        height, m, cv = rng.uniform(3, 5), rng.uniform(-3, 3), 0.05 * rng.uniform(-1, 1)
+        det = 1.0 - cv * cv
+        dx, dy = GX - m, GY - m
+        q = (dx * dx - 2 * cv * dx * dy + dy * dy) / det                     # Σ = [[1, cv], [cv, 1]]
+        den = den + height * np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(det))
+    den = den * (RHO_MAX / den.max())
+    return _finish(den)
+
+
+# The original dataset's families by sample id (half-open ranges) and its split train / validation / test.
+ORIGINAL_MIX = ((0, 482, "gaussians"), (482, 964, "squares"), (964, 1928, "gaussians"), (1928, 2168, "rotated_squares"),
+                (2168, 2410, "circles"), (2410, 2891, "gaussians"))
+ORIGINAL_SPLIT = (1950, 750, 183)
+
+
+def original_mix(n: int = sum(ORIGINAL_SPLIT)) -> np.ndarray:
+    """Family names of the original dataset's ids 0 … n−1 (ids 0–482 were Gaussians up to ρ = 10, drawn here by our
+    Gaussians family, whose heights stop at 5)."""
+    if not 1 <= n <= ORIGINAL_MIX[-1][1]:
+        raise ValueError(f"n must lie in 1 … {ORIGINAL_MIX[-1][1]}, got {n}")
+    ids = np.arange(n)
+    out = np.empty(n, dtype=object)
+    for lo, hi, fam in ORIGINAL_MIX:
+        out[(ids >= lo) & (ids < hi)] = fam
+    return out.astype(str)
+
+
+def original_split(n: int = sum(ORIGINAL_SPLIT), seed: int = 0):
+    "Train/validation/test indices of `n` samples in the original's proportions 1950 / 750 / 183 (random, seeded)."
+    sizes = np.array(ORIGINAL_SPLIT) * n / sum(ORIGINAL_SPLIT)
+    n_tr, n_va = int(round(sizes[0])), int(round(sizes[1]))
+    idx = np.random.default_rng(seed).permutation(n)
+    return np.sort(idx[:n_tr]), np.sort(idx[n_tr:n_tr + n_va]), np.sort(idx[n_tr + n_va:])
+
+
 def make_density(family: str, rng) -> np.ndarray:
     "One 64×64 density of `family` (image orientation) drawn with the NumPy generator `rng`."
     if family == "islands":
         return islands_density(rng)
+    if family == ORIGINAL_FAMILY:
+        return original_islands_density(rng)
     if family in FAMILIES:
         return shapes_density(rng, family)
-    raise ValueError(f"unknown density family {family!r}; use one of {', '.join(FAMILIES)}")
+    raise ValueError(f"unknown density family {family!r}; use one of {', '.join(ALL_FAMILIES)}")
 
 
-def density_set(n: int, families=FAMILIES, seed: int = 0):
-    "`n` densities cycling through `families` (balanced), and their family names; deterministic in `seed`."
+def density_set(n: int, families=FAMILIES, seed: int = 0, names=None):
+    """`n` densities cycling through `families` (balanced), or of the given per-sample family `names` (e.g.
+    `original_mix(n)`), and their family names; deterministic in `seed`."""
     if not (isinstance(n, (int, np.integer)) and n >= 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    for f in families:
-        if f not in FAMILIES:
-            raise ValueError(f"unknown density family {f!r}; use one of {', '.join(FAMILIES)}")
+    for f in (families if names is None else set(names)):
+        if f not in ALL_FAMILIES:
+            raise ValueError(f"unknown density family {f!r}; use one of {', '.join(ALL_FAMILIES)}")
     rng = np.random.default_rng(seed)
-    names = np.array([families[i % len(families)] for i in range(n)])
+    names = np.array([families[i % len(families)] for i in range(n)] if names is None else list(names)[:n])
     return np.stack([make_density(f, rng) for f in names]), names
 
 # %% ../../nbs/03b_radiative_transfer_data.ipynb #9562a0a8

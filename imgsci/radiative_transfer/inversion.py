@@ -15,11 +15,13 @@ from sklearn.metrics import r2_score
 from ..core import Stopwatch
 
 # %% auto #0
-__all__ = ['SCALINGS', 'M1_SEGMENTS', 'M1_HEIGHTS', 'M1_DIAMETER', 'M1_PARAM_LOW', 'M1_PARAM_SPAN', 'build_vnet',
-           'density_to_target', 'target_to_density', 'imprint_fraction', 'InputScaler', 'stratified_split',
-           'r2_by_family', 'r2_per_sample', 'train_model', 'simulate_input_tf', 'linear_interpolation_matrix',
-           'GradientInversion', 'invert_by_gradient', 'crenel_density', 'segments_in_front', 'm1_dataset', 'm1_inputs',
-           'build_m1_cnn', 'M1RegressionScores', 'M1ClassificationScores', 'm1_regression_scores',
+__all__ = ['VNET_VARIANTS', 'SCALINGS', 'M1_SEGMENTS', 'M1_HEIGHTS', 'M1_DIAMETER', 'M1_BACKGROUND', 'M1_PARAM_LOW',
+           'M1_PARAM_SPAN', 'build_vnet', 'density_to_target', 'target_to_density', 'float32_ulps',
+           'common_to_sample_ratio', 'imprint_fraction', 'InputScaler', 'stratified_split', 'r2_by_family',
+           'r2_per_sample', 'train_model', 'simulate_input_tf', 'simulate_inputs_tf', 'linear_interpolation_matrix',
+           'GradientInversion', 'invert_by_gradient', 'simulate_inputs64', 'InputJacobian', 'randomized_svd',
+           'linear_mmse', 'crenel_density', 'segments_in_front', 'm1_dataset', 'm1_inputs', 'build_m1_cnn',
+           'M1RegressionScores', 'M1ClassificationScores', 'keras_r2_per_sample', 'm1_regression_scores',
            'm1_classification_scores']
 
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #df664edd
@@ -32,19 +34,40 @@ from .data import (CHANNELS_24, RHO_MAX, RHO_MIN, box_smooth, select_channels,
 from .solver import EDGES, Source, split_step_p1
 
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #f3603777
-def _conv_block(x, filters: int, kernel_size: int, convs: int, batch_norm: bool, momentum: float, name: str):
-    for i in range(convs):
+VNET_VARIANTS = ("ours", "original")
+
+
+def _conv_block(x, filters: int, kernel_size: int, convs: int, batch_norm: bool, momentum: float, name: str,
+                variant: str = "ours"):
+    if variant == "ours":                     # BatchNorm + ReLU after every convolution
+        for i in range(convs):
+            x = layers.Conv2D(filters, kernel_size, padding="same", name=f"{name}_conv{i}")(x)
+            if batch_norm:
+                x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn{i}")(x)
+            x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+        return x
+    # "original": conv + ReLU, further convs, one BatchNorm per level, the level's first conv output added back
+    first = x = layers.Activation("relu", name=f"{name}_relu0")(
+        layers.Conv2D(filters, kernel_size, padding="same", name=f"{name}_conv0")(x))
+    for i in range(1, convs):
         x = layers.Conv2D(filters, kernel_size, padding="same", name=f"{name}_conv{i}")(x)
-        if batch_norm:
-            x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn{i}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-    return x
+        if i < convs - 1:
+            x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    if batch_norm:
+        x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    if convs > 1:
+        x = layers.Add(name=f"{name}_residual")([x, first])
+    return layers.Activation("relu", name=f"{name}_relu_out")(x)
 
 
 def build_vnet(input_shape=(64, 64, 24), levels: int = 5, depth: int = 10, kernel_size: int = 5,
                convs_per_level: int = 2, batch_norm: bool = True, bn_momentum: float = 0.99,
-               name: str = "vnet") -> keras.Model:
-    "The MOCO V-Net: `levels` levels of `depth`·2^l filters, additive skips, 1×1 sigmoid head (defaults: the original's best)."
+               variant: str = "ours", name: str = "vnet") -> keras.Model:
+    """The MOCO V-Net: `levels` levels of `depth`·2^l filters, additive skips, 1×1 sigmoid head. `variant="original"`:
+    one BatchNorm per level and the within-level residual add of the original (2,272,721 parameters at its defaults);
+    `variant="ours"`: BatchNorm after every convolution, no within-level residual."""
+    if variant not in VNET_VARIANTS:
+        raise ValueError(f"unknown V-Net variant {variant!r}; use one of {', '.join(VNET_VARIANTS)}")
     if levels < 1 or depth < 1 or kernel_size < 1 or convs_per_level < 1:
         raise ValueError("levels, depth, kernel_size and convs_per_level must be positive integers")
     H, W = input_shape[:2]
@@ -52,15 +75,16 @@ def build_vnet(input_shape=(64, 64, 24), levels: int = 5, depth: int = 10, kerne
         raise ValueError(f"input {H}×{W} must be divisible by 2^(levels-1) = {2 ** (levels - 1)} for {levels} levels")
     inp = keras.Input(input_shape, name="signals")
     x, skips = inp, []
+    block = lambda x, f, n: _conv_block(x, f, kernel_size, convs_per_level, batch_norm, bn_momentum, n, variant)
     for lv in range(levels):
-        x = _conv_block(x, depth * 2 ** lv, kernel_size, convs_per_level, batch_norm, bn_momentum, f"enc{lv}")
+        x = block(x, depth * 2 ** lv, f"enc{lv}")
         if lv < levels - 1:
             skips.append(x)
             x = layers.Conv2D(depth * 2 ** (lv + 1), 2, strides=2, name=f"down{lv}")(x)
     for lv in reversed(range(levels - 1)):
         x = layers.Conv2DTranspose(depth * 2 ** lv, 2, strides=2, name=f"up{lv}")(x)
         x = layers.Add(name=f"skip{lv}")([x, skips[lv]])
-        x = _conv_block(x, depth * 2 ** lv, kernel_size, convs_per_level, batch_norm, bn_momentum, f"dec{lv}")
+        x = block(x, depth * 2 ** lv, f"dec{lv}")
     out = layers.Conv2D(1, 1, activation="sigmoid", name="density")(x)
     return keras.Model(inp, out, name=name)
 
@@ -76,6 +100,21 @@ def target_to_density(y) -> np.ndarray:
 
 
 SCALINGS = ("per_feature", "per_quantity", "global_max")
+
+
+def float32_ulps(delta, x) -> np.ndarray:
+    "|delta| in units of the float32 spacing (one ulp) at x: how many representable float32 steps a change spans."
+    return np.abs(np.asarray(delta, np.float64)) / np.spacing(np.abs(np.asarray(x, np.float32))).astype(np.float64)
+
+
+def common_to_sample_ratio(X) -> np.ndarray:
+    """Per quantity (E, F, T): the variance over features of the response common to all samples (each feature's mean
+    over samples) divided by the mean across-sample variance (the per-sample part). A per-quantity scaling divides
+    both by one number, so the per-sample part keeps only 1/(1 + ratio) of the scaled variance."""
+    X = np.asarray(X, np.float64)
+    q = np.arange(X.shape[-1]) % 3
+    mean, var = X.mean(axis=0), X.var(axis=0)
+    return np.array([mean[..., q == i].var() / var[..., q == i].mean() for i in range(3)])
 
 
 def imprint_fraction(X) -> np.ndarray:
@@ -166,15 +205,17 @@ def train_model(model: keras.Model, X_train, y_train, X_val, y_val, epochs: int 
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #6c70a728
 def simulate_input_tf(rho, channels: int = 24, n_rows: int = 64, scheme: str = "original", **solver_kw):
     "Differentiable network input (n_rows, N, channels) of one density tensor (N, N): four simulations, one per edge."
-    sims = tf.repeat(rho[None], 4, axis=0)
-    res = split_step_p1(sims, list(EDGES), scheme, differentiable=True, **solver_kw)
-    sig = res.signal_stack()                                             # (4, 12, n_steps, N)
-    rows = time_rows(res.n_steps, n_rows)
-    x = tf.gather(sig, rows, axis=2)                                     # (4, 12, n_rows, N)
-    x = tf.reshape(x, (48, n_rows, rho.shape[-1]))
-    if channels == 24:
-        x = tf.gather(x, list(CHANNELS_24), axis=0)
-    return tf.transpose(x, (1, 2, 0))
+    return simulate_inputs_tf(rho[None], channels, n_rows, scheme, **solver_kw)[0]
+
+
+def simulate_inputs_tf(rho, channels: int = 48, n_rows: int = 64, scheme: str = "original", **solver_kw):
+    "Differentiable network inputs (B, n_rows, N, channels) of densities (B, N, N): four simulations each."
+    B, N = int(rho.shape[0]), int(rho.shape[-1])
+    res = split_step_p1(tf.repeat(rho, 4, axis=0), [EDGES[i % 4] for i in range(4 * B)], scheme, differentiable=True,
+                        **solver_kw)
+    x = tf.gather(res.signal_stack(), time_rows(res.n_steps, n_rows), axis=2)      # (4B, 12, n_rows, N)
+    x = tf.transpose(tf.reshape(x, (B, 48, n_rows, N)), (0, 2, 3, 1))
+    return x if channels == 48 else tf.gather(x, list(CHANNELS_24), axis=-1)
 
 
 def linear_interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -239,10 +280,67 @@ def invert_by_gradient(x_obs, scaler: InputScaler, n_iter: int = 20, coarse: int
         opt = minimize(fun, theta0, jac=True, method="L-BFGS-B", options=dict(maxiter=n_iter, maxfun=2 * n_iter))
     return GradientInversion(to_rho(tf.constant(opt.x)).numpy(), np.array(losses), np.array(misfits), sw.wall)
 
+# %% ../../nbs/03c_radiative_transfer_inversion.ipynb #910b00be
+def simulate_inputs64(rho, batch: int = 16, n_rows: int = 64, scheme: str = "original", **solver_kw) -> np.ndarray:
+    "Network inputs (S, n_rows, N, 48) of densities (S, N, N) kept in float64 (for finite differences)."
+    rho, out = np.asarray(rho, np.float64), []
+    for s0 in range(0, len(rho), batch):
+        chunk = rho[s0:s0 + batch]
+        res = split_step_p1(np.repeat(chunk, 4, axis=0), [EDGES[i % 4] for i in range(4 * len(chunk))], scheme, **solver_kw)
+        sig = res.signal_stack().reshape(len(chunk), 4, 12, res.n_steps, chunk.shape[-1])
+        rows = time_rows(res.n_steps, n_rows)
+        out.append(np.stack([sig[:, src, i][:, rows] for src in range(4) for i in range(12)], axis=-1))
+    return np.concatenate(out)
+
+
+class InputJacobian:
+    """Products with J = d(x/scale)/dρ at ρ0 (x: the 48-channel network input, `scale`: (48,) one number per channel):
+    `jvp(V)` (central differences, float64, perturbations of norm `eps`) and `vjp(U)` (reverse mode)."""
+    def __init__(self, rho0, scale, eps: float = 1e-3, n_rows: int = 64, **solver_kw):
+        self.rho0, self.scale = np.asarray(rho0, np.float64), np.asarray(scale, np.float64)
+        self.eps, self.n_rows, self.kw = eps, n_rows, solver_kw
+        self.x0 = simulate_inputs64(self.rho0[None], n_rows=n_rows, **solver_kw)[0] / self.scale
+
+    def jvp(self, V) -> np.ndarray:
+        "J·v for each v in V (k, N, N): (k, n_rows, N, 48)."
+        V = np.asarray(V, np.float64)
+        norms = np.sqrt((V ** 2).sum(axis=(1, 2)))[:, None, None]
+        d = self.eps * V / np.where(norms > 0, norms, 1.0)
+        x = simulate_inputs64(np.concatenate([self.rho0 + d, self.rho0 - d]), n_rows=self.n_rows, **self.kw) / self.scale
+        return (x[:len(V)] - x[len(V):]) / (2 * self.eps) * norms[..., None]
+
+    def vjp(self, U) -> np.ndarray:
+        "Jᵀu for each u in U (k, n_rows, N, 48): (k, N, N)."
+        U = tf.constant(np.asarray(U, np.float64))
+        rho = tf.Variable(np.repeat(self.rho0[None], U.shape[0], axis=0))
+        with tf.GradientTape() as tape:
+            x = simulate_inputs_tf(rho, 48, self.n_rows, **self.kw) / self.scale
+            loss = tf.reduce_sum(x * U)
+        return tape.gradient(loss, rho).numpy()
+
+
+def randomized_svd(jac: InputJacobian, rank: int, seed: int = 0):
+    "Leading `rank` singular triplets of J from `rank` forward and `rank` reverse products: (U (k, features), s, Vt (k, pixels))."
+    N = jac.rho0.shape[-1]
+    omega = np.random.default_rng(seed).normal(size=(rank, N, N))
+    Y = jac.jvp(omega).reshape(rank, -1)
+    Q, _ = np.linalg.qr(Y.T)                                    # (features, rank) orthonormal range of J
+    Bt = jac.vjp(Q.T.reshape((rank,) + jac.x0.shape)).reshape(rank, -1)     # rows: Jᵀq_i
+    Ub, s, Vt = np.linalg.svd(Bt, full_matrices=False)          # B = QᵀJ = Btᵀ... (rank, pixels)
+    return (Q @ Ub).T, s, Vt, Bt
+
+
+def linear_mmse(JL, L, d, lam: float):
+    "Coefficients of ρ̂ − μ = L c with c = ((JL)ᵀJL + λI)⁻¹(JL)ᵀd for data residuals d (S, features): returns (S, pixels)."
+    A = JL.reshape(JL.shape[0], -1).T                            # (features, n_prior)
+    c = np.linalg.solve(A.T @ A + lam * np.eye(A.shape[1]), A.T @ d.reshape(len(d), -1).T)
+    return (L.reshape(L.shape[0], -1).T @ c).T
+
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #0bf81156
 M1_SEGMENTS = ((0.1, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9))
 M1_HEIGHTS = (2.0, 10.0)
 M1_DIAMETER = 0.1
+M1_BACKGROUND = 0.1                                                  # the crenels' background density in M1
 M1_PARAM_LOW = np.array([0.0, 0.0, M1_HEIGHTS[0]])                    # (x, y, h) ↔ the regression's [0, 1] targets
 M1_PARAM_SPAN = np.array([1.0, 1.0, M1_HEIGHTS[1] - M1_HEIGHTS[0]])
 
@@ -264,11 +362,11 @@ def segments_in_front(y, radius: float = M1_DIAMETER / 2) -> np.ndarray:
     return np.abs(y - np.clip(y, lo, hi)) < radius
 
 
-def m1_dataset(n: int, size: int = 32, seed: int = 0):
-    "Crenel densities (n, size, size), their (x, y, h) and the 4 in-front bits."
+def m1_dataset(n: int, size: int = 32, seed: int = 0, background: float = M1_BACKGROUND):
+    "Crenel densities (n, size, size) on `background` (M1: 0.1), their (x, y, h) and the 4 in-front bits."
     rng = np.random.default_rng(seed)
     params = np.column_stack([rng.uniform(0.2, 0.8, n), rng.uniform(0.2, 0.8, n), rng.uniform(*M1_HEIGHTS, n)])
-    rho = np.stack([crenel_density(*p, size=size) for p in params])
+    rho = np.stack([crenel_density(*p, size=size, background=background) for p in params])
     return rho, params, segments_in_front(params[:, 1])
 
 
@@ -293,12 +391,14 @@ def build_m1_cnn(input_shape=(32, 32, 48), outputs: int = 3, activation: str = "
 
 @dataclass
 class M1RegressionScores:
-    "Scores of the M1 crenel regression: R² (mean over x, y, h), per parameter, and the custom score."
+    """Scores of the M1 crenel regression: R² (scikit-learn: mean over x, y, h), per parameter, the custom score and
+    the per-sample R² of a Keras metric (`keras_r2_per_sample`, the report's)."""
     r2: float
     r2_x: float
     r2_y: float
     r2_h: float
     custom_score: float    # fraction of samples with |Δx|, |Δy| ≤ 0.1 and |Δh| ≤ 1
+    r2_keras: float = float("nan")
 
 
 @dataclass
@@ -308,12 +408,22 @@ class M1ClassificationScores:
     strict_score: float
 
 
+def keras_r2_per_sample(true, pred, eps: float = 1e-7) -> float:
+    """R² the way a Keras metric computes it: per sample over its outputs (the last axis), 1 − SS_res/(SS_tot + ε),
+    then the mean over samples. With outputs of different ranges (x, y ∈ [0, 1], h ∈ [2, 10]) SS_tot is dominated by
+    the spread between the outputs, so it reads higher than scikit-learn's per-output R² for the same errors."""
+    true, pred = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    ss_res = ((true - pred) ** 2).sum(axis=-1)
+    ss_tot = ((true - true.mean(axis=-1, keepdims=True)) ** 2).sum(axis=-1)
+    return float(np.mean(1 - ss_res / (ss_tot + eps)))
+
+
 def m1_regression_scores(true, pred) -> M1RegressionScores:
-    "R² (mean over x, y, h) and the custom score: fraction with |Δx|, |Δy| ≤ 0.1 and |Δh| ≤ 1."
+    "R² (scikit-learn, mean over x, y, h), per parameter, the custom score (|Δx|, |Δy| ≤ 0.1, |Δh| ≤ 1), Keras R²."
     true, pred = np.asarray(true), np.asarray(pred)
     ok = (np.abs(true[:, 0] - pred[:, 0]) <= 0.1) & (np.abs(true[:, 1] - pred[:, 1]) <= 0.1) & (np.abs(true[:, 2] - pred[:, 2]) <= 1)
     return M1RegressionScores(float(r2_score(true, pred)), *(float(r2_score(true[:, k], pred[:, k])) for k in range(3)),
-                              float(ok.mean()))
+                              float(ok.mean()), keras_r2_per_sample(true, pred))
 
 
 def m1_classification_scores(true_bits, prob) -> M1ClassificationScores:

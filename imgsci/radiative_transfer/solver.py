@@ -17,11 +17,11 @@ from ..core import Stopwatch
 __all__ = ['C_LIGHT', 'RAD_A', 'CV', 'T_INIT', 'E_INIT', 'T_FINAL', 'CFL_DEFAULT', 'CFL_MAX', 'TOL', 'MAX_ITER',
            'SOURCE_AMPLITUDE', 'SOURCE_OMEGA', 'EDGES', 'QUANTITIES', 'SCHEMES', 'BOUNDARIES', 'GRAD_SEGMENT',
            'ORIGINAL_CELL_UPDATES_PER_S', 'MESH_NAMES', 'README_VALUES', 'MOCO_DATASET_SAMPLES', 'time_step',
-           'n_time_steps', 'check_cfl', 'Source', 'as_source', 'source_masks', 'flux_weight', 'P1Result',
-           'split_step_p1', 'NonFiniteError', 'edge_symmetry_errors', 'GradientCheck', 'gradient_check',
-           'telegraph_amplitude', 'fourier_mode_error', 'convergence_order', 'diffusion_ratio', 'equilibrium_drift',
-           'effective_heat_capacity', 'energy_balance', 'uniform_flux_decay_error', 'cfl_scan', 'reference_match',
-           'reference_values', 'measure_throughput']
+           'n_time_steps', 'check_cfl', 'Source', 'as_source', 'source_masks', 'step1_cell_reference', 'flux_weight',
+           'P1Result', 'split_step_p1', 'NonFiniteError', 'edge_symmetry_errors', 'GradientCheck', 'gradient_check',
+           'telegraph_amplitude', 'fourier_mode_error', 'convergence_order', 'smooth_density', 'self_convergence',
+           'diffusion_ratio', 'equilibrium_drift', 'effective_heat_capacity', 'energy_balance',
+           'uniform_flux_decay_error', 'cfl_scan', 'reference_match', 'reference_values', 'measure_throughput']
 
 # %% ../../nbs/03a_radiative_transfer_solver.ipynb #8d83e992
 import tensorflow as tf
@@ -155,16 +155,22 @@ def _step1(E, T, rho, dt, k: _Static):
     Thn = a * Tn2 * Tn2
     if k.sigma_a_scale == 0:   # no absorption: step 1 is the identity
         return E, T, tf.constant(0), tf.zeros_like(E, dtype=tf.bool)
-    csa = c * k.sigma_a_scale * _opacity(rho, Tn, k.t_power)
+    csa0 = c * k.sigma_a_scale * _opacity(rho, Tn, k.t_power)
     inv_dt = 1.0 / dt
-    alpha = inv_dt / (inv_dt + csa)
-    beta = csa / (inv_dt + csa)
+    alpha0 = inv_dt / (inv_dt + csa0)
+    beta0 = csa0 / (inv_dt + csa0)
     heat = rho * (k.cv / dt)
     if k.scheme == "consistent":
         heat = heat / a
     original = k.scheme == "original"
 
     def one_pass(Eq, Thq, Tq, active):
+        if original:             # the C++ re-evaluates σa at the current iterate T^q in every pass
+            csa = c * k.sigma_a_scale * _opacity(rho, Tq, k.t_power)
+            alpha = inv_dt / (inv_dt + csa)
+            beta = csa / (inv_dt + csa)
+        else:                    # the consistent scheme keeps σa(Tⁿ) (linearly implicit in the opacity)
+            csa, alpha, beta = csa0, alpha0, beta0
         mu = 1.0 / (Tn3 + Tn2 * Tq + Tn * Tq * Tq + Tq * Tq * Tq)
         g = heat * mu
         gamma = g / (g + csa)
@@ -196,6 +202,27 @@ def _step1(E, T, rho, dt, k: _Static):
                                        (tf.constant(0), *state), maximum_iterations=k.max_iter)
     Eq, Thq, _, still = state
     return Eq, tf.sqrt(tf.sqrt(Thq / a)), passes, still
+
+# %% ../../nbs/03a_radiative_transfer_solver.ipynb #345d7bea
+def step1_cell_reference(E: float, T: float, rho: float, dt: float, tol: float = TOL, max_iter: int = MAX_ITER,
+                         c: float = C_LIGHT, a: float = RAD_A, cv: float = CV, freeze_sigma: bool = False):
+    """The original (C++) step 1 in one cell, in plain Python: returns (E*, T*, passes). σa = ρ·T^q at the current
+    iterate (`freeze_sigma=True`: at Tⁿ, the variant that differs once a cell needs ≥ 3 passes)."""
+    Thn = a * T ** 4
+    Eq, Thq, Tq = E, Thn, T
+    heat = rho * cv / dt
+    for passes in range(1, max_iter + 1):
+        csa = c * rho * (T if freeze_sigma else Tq)
+        alpha, beta = (1 / dt) / (1 / dt + csa), csa / (1 / dt + csa)
+        mu = 1.0 / (T ** 3 + T ** 2 * Tq + T * Tq ** 2 + Tq ** 3)
+        g = heat * mu
+        gamma, delta = g / (g + csa), csa / (g + csa)
+        den = 1.0 - beta * delta
+        E1, Th1 = (alpha * E + beta * gamma * Thn) / den, (gamma * Thn + alpha * delta * E) / den
+        if not (abs(E1 - Eq) > tol and abs(Th1 - Thq) > tol):
+            return Eq, (Thq / a) ** 0.25, passes
+        Eq, Thq, Tq = E1, Th1, (Th1 / a) ** 0.25
+    raise RuntimeError("step1_cell_reference: no convergence")
 
 # %% ../../nbs/03a_radiative_transfer_solver.ipynb #35633bb6
 def flux_weight(scheme: str) -> float:
@@ -644,12 +671,51 @@ def convergence_order(errors, sizes) -> np.ndarray:
     e, n = np.asarray(errors, float), np.asarray(sizes, float)
     return np.log(e[:-1] / e[1:]) / np.log(n[1:] / n[:-1])
 
+# %% ../../nbs/03a_radiative_transfer_solver.ipynb #48c8cbdf
+def smooth_density(n: int) -> np.ndarray:
+    "A smooth heterogeneous density on the n×n cell centres of [0, 1]² (image orientation), in [1, ~3.6]."
+    c = (np.arange(n) + 0.5) / n
+    X, Y = np.meshgrid(c, c)
+    return (1.0 + 1.5 * np.exp(-((X - 0.4) ** 2 + (Y - 0.35) ** 2) / 0.02)
+            + 0.8 * np.sin(np.pi * X) ** 2 * np.cos(2 * np.pi * Y) ** 2)
+
+
+def self_convergence(sizes=(32, 64, 128, 256), scheme: str = "consistent", coarse_steps: int = 16,
+                     source="top") -> pd.DataFrame:
+    """RMS differences between the solution on grid n and the one on grid 2n averaged onto grid n, for the production
+    configuration (σa = σc = ρT, `source`, transmissive edges) on `smooth_density`; t_final = `coarse_steps` steps of
+    the coarsest grid (an integer number of steps on every grid)."""
+    sizes = list(sizes)
+    if any(b != 2 * a for a, b in zip(sizes[:-1], sizes[1:])):
+        raise ValueError(f"sizes must double from one grid to the next, got {sizes}")
+    t_final = coarse_steps * time_step(sizes[0])
+    runs = {n: split_step_p1(smooth_density(n), source, scheme, t_final) for n in sizes}
+    rows = []
+    for n0, n1 in zip(sizes[:-1], sizes[1:]):
+        r0, r1 = runs[n0], runs[n1]
+        block = lambda A: np.asarray(A).reshape(n0, 2, n0, 2).mean(axis=(1, 3))
+        rms = lambda A: float(np.sqrt(np.mean(A ** 2)))
+        eE = rms(r0.E - block(r1.E)) / E_INIT
+        eF = rms(np.hypot(r0.Fx, r0.Fy) - block(np.hypot(r1.Fx, r1.Fy))) / E_INIT
+        eT = rms(r0.T - block(r1.T)) / T_INIT
+        rows.append(dict(n=n0, n_fine=n1, t_end=r0.t_end, error_E=eE, error_F=eF, error_T=eT,
+                         error=math.sqrt(eE ** 2 + eF ** 2 + eT ** 2)))
+    tab = pd.DataFrame(rows)
+    tab["order"] = np.append(convergence_order(tab.error, tab.n), np.nan)
+    return tab
+
 # %% ../../nbs/03a_radiative_transfer_solver.ipynb #62ae0d64
 def diffusion_ratio(scheme: str, sigma: float, n_cols: int = 64, n_rows: int = 2, width: float = 0.05,
-                    var_growth: float = 0.0175, n_samples: int = 24) -> dict:
-    "D_eff/D for a Gaussian pulse in a uniform periodic strip of opacity `sigma` (σa = 0), D = c/σ."
+                    var_growth: float = 0.0175, n_samples: int = 24, min_relaxation_times: float = 8.0) -> dict:
+    """D_eff/D for a Gaussian pulse in a uniform periodic strip of opacity `sigma` (σa = 0), D = c/σ. Refuses runs
+    shorter than `min_relaxation_times` relaxation times 1/(cσ) of F (the estimate is biased there)."""
     D = C_LIGHT / sigma
     t_final = var_growth / (2 * D)
+    relax = t_final * C_LIGHT * sigma
+    if relax < min_relaxation_times:
+        raise ValueError(f"σ = {sigma:g}: the run lasts {relax:.1f} relaxation times 1/(cσ) < {min_relaxation_times:g}, "
+                         f"so F has not relaxed and D_eff is biased; use σ ≥ {math.sqrt(2 * min_relaxation_times / var_growth):.0f} "
+                         "or a larger var_growth")
     dt = time_step(n_cols)
     n = n_time_steps(t_final, dt)
     steps = np.unique(np.linspace(0, n, n_samples).round().astype(int))
@@ -664,7 +730,7 @@ def diffusion_ratio(scheme: str, sigma: float, n_cols: int = 64, n_rows: int = 2
     late = steps >= n / 2
     slope = np.polyfit(steps[late] * dt, var[late], 1)[0]
     return dict(scheme=scheme, sigma=sigma, sigma_dx=sigma / n_cols, D=D, D_eff=slope / 2, ratio=slope / 2 / D,
-                n_steps=n)
+                n_steps=n, relaxation_times=relax)
 
 # %% ../../nbs/03a_radiative_transfer_solver.ipynb #21e735a2
 def equilibrium_drift(rho, scheme: str = "original", t_final: float = T_FINAL) -> float:
