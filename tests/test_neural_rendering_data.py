@@ -1,9 +1,11 @@
 """Loaders (on fabricated files), the shipped Mitsuba scenes, and Mitsuba's conventions (when installed)."""
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,13 +163,11 @@ MITSUBA_CHECK = textwrap.dedent("""
 """)
 
 
-def test_mitsuba_conventions():
-    if importlib.util.find_spec("mitsuba") is None:     # not importorskip: see below
-        pytest.skip("Mitsuba 3 is not installed (optional: pip install mitsuba)")
-    # run in a separate interpreter: Mitsuba and TensorFlow in one process clash at exit
-    res = subprocess.run([sys.executable, "-c", MITSUBA_CHECK], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "neural_rendering" / "mitsuba_conventions.json"
+
+
+def check_conventions(out):
+    "Our camera and lat-long conventions against what Mitsuba 3 (scalar_rgb) reported for the same set-up."
     # NeRF c2w = Mitsuba c2w @ diag(−1, 1, −1, 1)
     np.testing.assert_allclose(mitsuba_to_nerf_c2w(np.array(out["c2w"])), look_at([3, 0, 0]), atol=1e-6)
     # Mitsuba's ray through the centre of pixel (0, 0) is ours
@@ -179,3 +179,51 @@ def test_mitsuba_conventions():
         grid = latlong_directions(16, 32)
         r, c = np.unravel_index(np.argmax(grid @ np.array(d)), grid.shape[:2])
         assert abs(u - (c + 0.5) / 32) < 1.5 / 32 and abs(v - (r + 0.5) / 16) < 1.5 / 16, (name, u, v, r, c)
+
+
+def test_mitsuba_conventions_against_the_committed_fixture():
+    # data/neural_rendering/mitsuba_conventions.json is MITSUBA_CHECK's output with Mitsuba 3.9.1, scalar_rgb:
+    # `make test` needs no Mitsuba, and the relighting's envmap convention is still checked in CI
+    check_conventions(json.loads(FIXTURE.read_text()))
+
+
+def test_a_flipped_convention_fails_the_check():
+    out = json.loads(FIXTURE.read_text())
+    out["env"]["+X"], out["env"]["-X"] = out["env"]["-X"], out["env"]["+X"]      # east and west swapped
+    with pytest.raises(AssertionError):
+        check_conventions(out)
+
+
+def test_mitsuba_conventions():
+    if importlib.util.find_spec("mitsuba") is None:     # not importorskip: see below
+        pytest.skip("Mitsuba 3 is not installed (optional: pip install mitsuba); the fixture test covers CI")
+    # run in a separate interpreter: Mitsuba and TensorFlow in one process clash at exit
+    res = subprocess.run([sys.executable, "-c", MITSUBA_CHECK], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    check_conventions(out)
+    fixture = json.loads(FIXTURE.read_text())      # the committed fixture is what this Mitsuba says
+    np.testing.assert_allclose(out["c2w"], fixture["c2w"], atol=1e-6)
+    for name in fixture["env"]:
+        np.testing.assert_allclose(out["env"][name], fixture["env"][name], atol=2e-3)
+
+
+def test_masked_psnr_and_albedo_alignment_against_independent_computations():
+    from imgsci.neural_rendering.scenes import align_albedo, masked_ssim, psnr
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(0.1, 0.9, (2, 12, 12, 3))
+    pred = np.clip(truth + rng.normal(0, 0.05, truth.shape), 0, 1)
+    mask = np.zeros((2, 12, 12), bool); mask[:, 3:9, 2:10] = True
+    pred_bg = np.where(mask[..., None], pred, 0.0)                     # the background is black: ignored when masked
+    mse = np.mean([(pred[i, r, c, k] - truth[i, r, c, k]) ** 2 for i, r, c in zip(*np.nonzero(mask)) for k in range(3)])
+    assert abs(psnr(pred_bg, truth, mask) - 10 * math.log10(1 / mse)) < 1e-9
+    assert psnr(pred_bg, truth) < psnr(pred_bg, truth, mask) - 5
+    assert abs(masked_ssim(truth, truth, mask) - 1) < 1e-9 and masked_ssim(pred_bg, truth, mask) < 0.99
+    # alignment: per-channel median of truth/pred over the mask, by hand; outliers outside the mask do not count
+    scale = np.array([0.5, 2.0, 1.3])
+    dark = truth / scale
+    dark[~mask] = 1e-3
+    ratios = [sorted((truth[..., k] / dark[..., k])[mask]) for k in range(3)]
+    by_hand = np.array([(r[len(r) // 2 - 1] + r[len(r) // 2]) / 2 for r in ratios])   # even count: mean of the middle two
+    np.testing.assert_allclose(by_hand, scale, rtol=1e-9)
+    np.testing.assert_allclose(align_albedo(dark, truth, mask)[mask], np.clip(truth, 0, 1)[mask], atol=1e-6)

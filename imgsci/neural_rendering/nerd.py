@@ -170,9 +170,11 @@ def make_nerd_step(model: NeRD, rays: dict, batch: int, lr: float, warmup: int =
             regular = (residual_weight * tf.reduce_mean(model.env_residual ** 2)
                        + tf.reduce_sum(exposure ** 2) + 1e-3 * tf.reduce_mean(model.log_exposure ** 2))
             loss = mse_coarse + mse + mask_weight * mask_loss + smooth_weight * smooth + regular
-        grads = tape.gradient(loss, variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
-        grads, grad_norm = tf.clip_by_global_norm(grads, clipnorm)
+        grads, grad_norm = tf.clip_by_global_norm(tape.gradient(loss, variables), clipnorm)
+        # the global norm is finite only if every gradient is finite AND the sum of their squares does not overflow
+        # float32; when it is infinite, clip_by_global_norm returns NaN for every gradient, which a check of the
+        # unclipped gradients alone lets through into the weights
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
         opt.learning_rate.assign(schedule(opt.iterations))
 
         def update():
@@ -204,10 +206,10 @@ def train_nerd(scene: dict, steps: int, batch: int = 1024, lr: float = 5e-4, eva
 
 # %% ../../nbs/04d_neural_rendering_nerd.ipynb #848e1dd0
 _NERD_FULL = dict(model=dict(depth=8, width=256, pos_freqs=10, dir_freqs=4, n_coarse=64, n_fine=128, n_lobes=24),
-                  train=dict(steps=100_000, batch=1024, lr=5e-4, warmup=1000, eval_every=5000), fit_steps=2000)
+                  train=dict(steps=100_000, batch=1024, lr=1e-4, warmup=1000, eval_every=5000), fit_steps=2000)
 NERD_PROFILES = dict(
     quick=dict(model=dict(depth=4, width=64, pos_freqs=6, dir_freqs=4, n_coarse=32, n_fine=32, n_lobes=24),
-               train=dict(steps=600, batch=512, lr=2e-3, warmup=50, eval_every=150), fit_steps=300),
+               train=dict(steps=400, batch=512, lr=2e-3, warmup=50, eval_every=100), fit_steps=200),
     full=_NERD_FULL,
     smoke=dict(train={**_NERD_FULL["train"], "steps": 2, "batch": 64}, fit_steps=2))
 
@@ -222,7 +224,7 @@ def run_nerd(scene: dict, cfg: dict, seed: int = 0) -> MethodRun:
                      mean_roughness=float(views["roughness"][inside].mean()),
                      mean_metallic=float(views["metallic"][inside].mean()),
                      skipped_updates=int(hist.skipped_updates.iloc[-1]), max_grad_norm=float(hist.grad_norm.max()))
-    preds = dict(rgb_a=views["rgb"], rgb_coarse=views["rgb_coarse"], rgb_b=relit["rgb"], albedo=views["albedo"],
+    preds = dict(rgb_a=views["rgb"], rgb_coarse=views["rgb_coarse"], rgb_b=relit["rgb"], rgb_b_unscaled=relit["rgb_unscaled"], albedo=views["albedo"],
                  normal=views["normal"], acc=views["acc"], roughness=views["roughness"],
                  env_learned=sg_envmap(*learned, 32, 64))
     return MethodRun(row, preds, hist, model)

@@ -138,7 +138,7 @@ _NERF_FULL = dict(model=dict(depth=8, width=256, skips=(4,), pos_freqs=10, n_coa
                   train=dict(batch=1024, steps=100_000, lr=5e-4, eval_every=5000))
 NERF_PROFILES = dict(
     quick=dict(model=dict(depth=4, width=64, skips=(2,), pos_freqs=6, n_coarse=32, n_fine=32),
-               train=dict(batch=512, steps=1200, lr=2e-3, eval_every=300)),
+               train=dict(batch=512, steps=700, lr=2e-3, eval_every=175)),
     full=_NERF_FULL,
     smoke=dict(train={**_NERF_FULL["train"], "steps": 2, "batch": 64}))
 

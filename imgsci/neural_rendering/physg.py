@@ -172,6 +172,8 @@ def make_physg_step(model: PhySG, rays: dict, batch: int, lr: float, env_lr: flo
     "A compiled PhySG training step; `alpha` is a tf.Variable (the mask-loss sharpness)."
     opt_net, opt_env = keras.optimizers.Adam(lr), keras.optimizers.Adam(env_lr)
     net_vars, env_vars = model.net_variables, model.env
+    opt_net.build(net_vars); opt_env.build(env_vars)      # slots exist before the conditional update below
+    skipped = tf.Variable(0, dtype=tf.int32)
 
     @tf.function
     def step():
@@ -195,11 +197,23 @@ def make_physg_step(model: PhySG, rays: dict, batch: int, lr: float, env_lr: flo
             eikonal = tf.reduce_mean((tf.norm(inner.gradient(f, pts), axis=-1) - 1) ** 2)
             loss = rgb_loss + mask_weight * mask_loss + eikonal_weight * eikonal
         grads = tape.gradient(loss, net_vars + env_vars)
-        opt_net.apply_gradients(zip(grads[:len(net_vars)], net_vars))
-        opt_env.apply_gradients(zip(grads[len(net_vars):], env_vars))
+        grad_norm = tf.linalg.global_norm(grads)
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)   # the NeRD guard: skip non-finite updates
+
+        def update():
+            opt_net.apply_gradients(zip(grads[:len(net_vars)], net_vars))
+            opt_env.apply_gradients(zip(grads[len(net_vars):], env_vars))
+            return tf.constant(True)
+
+        def skip():
+            skipped.assign_add(1)
+            return tf.constant(False)
+
+        tf.cond(finite, update, skip)
         mse = tf.reduce_sum((rgb - gt) ** 2 * inside[:, None]) / tf.maximum(3 * tf.reduce_sum(inside), 1.0)
         return dict(loss=loss, mse=mse, rgb_loss=rgb_loss, mask_loss=mask_loss, eikonal=eikonal,
-                    hit_fraction=tf.reduce_mean(tf.cast(hit, tf.float32)))
+                    hit_fraction=tf.reduce_mean(tf.cast(hit, tf.float32)), grad_norm=grad_norm,
+                    skipped_updates=skipped)
     return step
 
 
@@ -230,8 +244,8 @@ _PHYSG_FULL = dict(model=dict(sdf_depth=8, sdf_width=512, skips=(4,), pos_freqs=
 PHYSG_PROFILES = dict(
     quick=dict(model=dict(sdf_depth=4, sdf_width=64, skips=(2,), pos_freqs=4, albedo_depth=2, albedo_width=64,
                           n_lobes=128, n_trace=24, n_samples=24),
-               train=dict(steps=1000, batch=512, lr=5e-4, env_lr=1e-2, eikonal_weight=1.0, eval_every=200),
-               fit_steps=300),
+               train=dict(steps=600, batch=512, lr=5e-4, env_lr=1e-2, eikonal_weight=1.0, eval_every=150),
+               fit_steps=200),
     full=_PHYSG_FULL,
     smoke=dict(model={**_PHYSG_FULL["model"], "pretrain_steps": 2},
                train={**_PHYSG_FULL["train"], "steps": 2, "batch": 64}, fit_steps=2))
@@ -245,6 +259,6 @@ def run_physg(scene: dict, cfg: dict, seed: int = 0) -> MethodRun:
     spec, rough = (float(v.numpy().ravel()[0]) for v in model.brdf())
     row = method_row(scene, "PhySG", metrics, cfg["train"]["steps"], cfg["train"]["batch"], seconds,
                      specular=spec, roughness=rough)
-    preds = dict(rgb_a=views["rgb"], rgb_b=relit["rgb"], albedo=views["albedo"], normal=views["normal"],
+    preds = dict(rgb_a=views["rgb"], rgb_b=relit["rgb"], rgb_b_unscaled=relit["rgb_unscaled"], albedo=views["albedo"], normal=views["normal"],
                  acc=views["acc"], env_learned=sg_envmap(*learned, 32, 64))
     return MethodRun(row, preds, hist, model)

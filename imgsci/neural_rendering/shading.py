@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 
 # %% auto #0
 __all__ = ['IRRADIANCE_LAMBDA_RANGE', 'IRRADIANCE_GRID', 'COS_LOBE_SHARPNESS', 'COS_LOBE_AMPLITUDE', 'COS_LOBE_OFFSET',
@@ -129,13 +130,28 @@ def irradiance_table() -> np.ndarray:
     return (e / (2 * math.pi * -np.expm1(-2 * lam[..., 0]) / lam[..., 0])).astype(np.float32)
 
 
+def _report_non_finite(n_bad):
+    tf.print("sg_irradiance:", n_bad, "non-finite inputs (cosine or sharpness); their table lookups were clamped "
+             "to the table and their irradiance set to NaN", output_stream=sys.stderr)
+    return tf.constant(0)
+
+
 def sg_irradiance(axis, sharpness, amplitude, normal):
-    "≈ ∫ over the hemisphere around `normal` of G(ω)(ω·n): the SG against the clamped cosine."
+    """≈ ∫ over the hemisphere around `normal` of G(ω)(ω·n): the SG against the clamped cosine.
+
+    The table lookup validates its input: a NaN or infinite cosine or sharpness would otherwise be cast to
+    an out-of-range index (an error on a CPU, silently zero on a GPU). Such entries are looked up at a safe
+    point, their result is NaN (so the loss and the training guard see it) and a message says how many."""
     table = tf.constant(irradiance_table())
     n_lam, n_cos = IRRADIANCE_GRID
     lo, hi = (math.log(v) for v in IRRADIANCE_LAMBDA_RANGE)
-    c = tf.clip_by_value(_dot(axis, normal), -1.0, 1.0)
+    c = _dot(axis, normal)
     lam = tf.broadcast_to(tf.cast(sharpness, tf.float32), tf.shape(c))
+    finite = tf.math.is_finite(c) & tf.math.is_finite(lam)
+    n_bad = tf.reduce_sum(tf.cast(~finite, tf.int32))
+    tf.cond(n_bad > 0, lambda: _report_non_finite(n_bad), lambda: tf.constant(0))
+    c = tf.clip_by_value(tf.where(finite, c, 0.0), -1.0, 1.0)
+    lam = tf.where(finite, lam, 1.0)
     u = (tf.math.log(tf.clip_by_value(lam, *IRRADIANCE_LAMBDA_RANGE)) - lo) / (hi - lo) * (n_lam - 1)
     v = (c + 1) / 2 * (n_cos - 1)
     u0 = tf.clip_by_value(tf.floor(u), 0, n_lam - 2)
@@ -147,6 +163,7 @@ def sg_irradiance(axis, sharpness, amplitude, normal):
     z = c * tf.sqrt(lam)
     e_sharp = c * 0.5 * (1 + tf.math.erf(z / math.sqrt(2))) + tf.exp(-0.5 * z * z) / tf.sqrt(2 * math.pi * lam)
     e = tf.where(lam > IRRADIANCE_LAMBDA_RANGE[1], e_sharp, e_tab)
+    e = tf.where(finite, e, float("nan"))
     return sg_integral(sharpness, amplitude) * e
 
 
@@ -362,4 +379,10 @@ def render_and_relight(model, scene: dict, n_lobes: int, fit_steps: int, seed: i
     views = render_views(model.render_rays, scene, scene["c2w_test"])
     relit = render_views(lambda o, d: model.render_rays(o, d, env=env_b), scene, scene["c2w_test"])
     metrics = evaluate_views(scene, views["rgb"], relit["rgb"], views["albedo"], views["normal"])
+    # the same B without the power rescaling: what a user who only has the new environment would get
+    fit_b_tf = tuple(tf.constant(p) for p in fit_b)
+    relit["rgb_unscaled"] = render_views(lambda o, d: model.render_rays(o, d, env=fit_b_tf), scene,
+                                         scene["c2w_test"])["rgb"]
+    raw = evaluate_views(scene, views["rgb"], relit["rgb_unscaled"])
+    metrics.update({k.replace("_b", "_b_unscaled"): v for k, v in raw.items() if "_b" in k})
     return views, relit, metrics, learned
