@@ -59,11 +59,69 @@ def test_bad_folders_fail_naming_the_file(tmp_path):
         list_dsb(tmp_path / "missing")
 
 
-def test_report_split_sizes_and_determinism():
-    a = report_split([f"id{i}" for i in range(670)])
-    assert [len(s) for s in a] == [402, 134, 134]
-    assert a == report_split([f"id{i}" for i in range(670)])
-    assert not set(a[0]) & set(a[2]) and not set(a[1]) & set(a[2])
+def test_report_split_is_the_reports_membership():
+    """The report's four calls on sorted file lists: images and masks split alike, validation held out first."""
+    from sklearn.model_selection import train_test_split
+    ids = [f"{i:04x}" for i in range(670)]
+    images, masks = [f"{i}/images/{i}.png" for i in ids], [f"{i}/masks.png" for i in ids]
+    x_rest, x_val = train_test_split(images, test_size=134, random_state=42)
+    y_rest, y_val = train_test_split(masks, test_size=134, random_state=42)
+    x_train, x_test = train_test_split(x_rest, test_size=134, random_state=42)
+    y_train, y_test = train_test_split(y_rest, test_size=134, random_state=42)
+    sid = lambda files: [f.split("/")[0] for f in files]
+    assert [sid(x) for x in (y_train, y_val, y_test)] == [sid(x) for x in (x_train, x_val, x_test)]
+    rng = np.random.default_rng(0)
+    train, val, test = report_split(list(rng.permutation(ids)))        # any input order: sorted inside
+    assert (train, val, test) == (sid(x_train), sid(x_val), sid(x_test))
+    assert [len(s) for s in (train, val, test)] == [402, 134, 134]
+
+
+def test_instance_labels_from_official_masks(tmp_path):
+    from imgsci.nuclei.data import instance_labels
+    listing = list_dsb(write_fabricated_dsb(tmp_path / "o", "official", n=2, shape=(64, 48), seed=6))
+    _, truth = synthetic_nuclei_set(2, (64, 48), seed=6)
+    for files, lab in zip(listing.mask_files, truth):
+        np.testing.assert_array_equal(instance_labels(files), lab)
+        small = instance_labels(files, size=32)
+        assert small.shape == (32, 32) and set(np.unique(small)) <= set(np.unique(lab))
+
+
+def test_evaluation_image_copies_are_found_by_content(tmp_path):
+    from PIL import Image
+    from imgsci.nuclei.data import content_match, find_duplicates
+    ref, _ = load_real_dsb_image()
+    root = write_fabricated_dsb(tmp_path / "o", "official", n=2, seed=3)
+    for sid, img in (("renamed_copy", ref), ("cropped", ref[40:400, 100:500]), ("brighter", np.clip(ref * 1.3, 0, 255).astype(np.uint8))):
+        (root / sid / "images").mkdir(parents=True)
+        (root / sid / "masks").mkdir()
+        Image.fromarray(img).save(root / sid / "images" / f"{sid}.png")
+        Image.fromarray(np.full(img.shape, 255, np.uint8)).save(root / sid / "masks" / "m.png")
+    found = find_duplicates(list_dsb(root), ref)
+    assert sorted(found.id) == ["brighter", "cropped", "renamed_copy"]
+    assert content_match(ref[::-1], ref) < 0.5                          # a different image of the same field is no copy
+
+
+def test_fresh_pipelines_give_identical_batches_and_one_object_reshuffles():
+    images, labels = synthetic_nuclei_set(6, (32, 32), seed=0)
+    batches = lambda ds: [x.numpy() for x, _ in ds.take(3)]
+    new = lambda: make_dataset(images, labels, 2, training=True, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(batches(new()), batches(new())))
+    shared = new()
+    assert not all(np.array_equal(a, b) for a, b in zip(batches(shared), batches(shared)))
+    x, y = next(iter(make_dataset(images, labels, 6, training=True, seed=4, augment=False)))
+    planted = {(l > 0).astype(np.float32).tobytes() for l in labels}
+    assert {m.tobytes() for m in y.numpy()[..., 0]} == planted         # no augmentation: the stored masks, unflipped
+
+
+def test_cv2_reader_as_the_report_wrote_it(tmp_path):
+    pytest.importorskip("cv2")
+    root = write_fabricated_dsb(tmp_path / "p", "processed", n=2, shape=(96, 64))
+    listing = list_dsb(root)
+    files = list(listing.image), list(listing["mask"])
+    x1, y1 = next(iter(numpy_function_dataset(*files, size=64, batch_size=2, shuffle=False, reader="cv2")))
+    x2, y2 = next(iter(numpy_function_dataset(*files, size=64, batch_size=2, shuffle=False, reader="skimage")))
+    assert x1.shape == x2.shape == (2, 64, 64, 3) and float(x1.numpy().max()) <= 1.0
+    assert np.abs(x1.numpy() - x2.numpy()).mean() < 0.03 and (y1.numpy() == y2.numpy()).mean() > 0.95
 
 
 def test_tfdata_and_numpy_function_pipelines_agree(tmp_path):

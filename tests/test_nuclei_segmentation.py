@@ -5,8 +5,9 @@ from sklearn import metrics as skm
 
 from imgsci.core import atomic_path, binary_metrics, set_seed
 from imgsci.nuclei.data import synthetic_nuclei, synthetic_nuclei_set, make_dataset
-from imgsci.nuclei.segmentation import (DICE_LOSS, MODEL_NAMES, bce_dice_loss, build_multiresunet, build_unet,
-                                        compile_segmenter, evaluate_probabilities, instance_iou,
+from imgsci.nuclei.segmentation import (DICE_LOSS, MODEL_NAMES, RECIPES, bce_dice_loss, bootstrap_ci, build_multiresunet,
+                                        build_unet, compile_segmenter, dsb_scores, evaluate_probabilities, instance_iou,
+                                        recipe_callbacks, tile_scores,
                                         instances_from_probability, match_instances, otsu_mask, pixel_metrics,
                                         predict_probability, segmentation_metrics, study_data, train_models,
                                         train_segmenter, train_throughput)
@@ -131,9 +132,12 @@ def test_instances_drop_specks_below_min_size():
 def test_study_steps_train_each_named_model(tmp_path):
     data = study_data(n_train=4, n_val=2, image_size=32, batch_size=2, seed=1)
     names = (MODEL_NAMES[0], MODEL_NAMES[2])
-    trained = train_models(names, data.train_ds, data.val_ds, 2, 1, tmp_path, seed=0, batch_size=2,
-                           jit_compile=False, base_filters=4)
+    trained = train_models(names, data.new_train_ds, data.val_ds, 2, 1, tmp_path, seed=0, batch_size=2,
+                           jit_compile=False, base_filters=4, recipe="report")
     assert list(trained) == list(names)
+    for t in trained.values():                         # the report's step and loss reached the compiled models
+        assert float(t.model.optimizer.learning_rate) == pytest.approx(1e-4)
+        assert t.model.loss == "binary_crossentropy"
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.keras")) == ["multiresunet_seed.keras", "unet.keras"]
     for t in trained.values():
         assert len(t.log) == 2 and t.train_rate > 0 and t.seconds > 0
@@ -144,12 +148,12 @@ def test_study_steps_train_each_named_model(tmp_path):
 
 def _tiny_training(tmp_path, images, labels, name):
     set_seed(0)
-    # a narrow model and a larger step than the paper's 1e-4, so that 150 steps suffice on a CPU
+    # a narrow model and a larger step than the paper's 1e-4, so that 80 steps suffice on a CPU
     model = compile_segmenter(build_multiresunet((None, None, 3), "seed", base_filters=8, bn_momentum=0.8),
                               learning_rate=3e-3, jit_compile=False)
     train = make_dataset(images[:48], labels[:48], 8, training=True, seed=0)
     val = make_dataset(images[48:56], labels[48:56], 8)
-    log = train_segmenter(model, train, val, epochs=6, steps_per_epoch=25, out_dir=tmp_path, name=name)
+    log = train_segmenter(model, train, val, epochs=4, steps_per_epoch=20, out_dir=tmp_path, name=name)
     return model, log
 
 
@@ -168,7 +172,7 @@ def test_model_learns_planted_nuclei(tmp_path, small_nuclei):
     model, log = _tiny_training(tmp_path, images, labels, "signal")
     assert (tmp_path / "checkpoints" / "signal.keras").exists()
     assert {"loss", "val_loss", "dice", "val_iou", "train_seconds"} <= set(log.columns)
-    assert train_throughput(log, 25, 8) > 0
+    assert train_throughput(log, 20, 8) > 0
     probs = predict_probability(model, images[56:])
     otsu = np.mean([binary_metrics(l > 0, otsu_mask(i))["jaccard"] for i, l in zip(images[56:], labels[56:])])
     assert _auc(labels[56:], probs) > 0.9
@@ -193,3 +197,81 @@ def test_saved_model_round_trips(tmp_path):
         model.save(tmp)
     again = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(predict_probability(again, x), predict_probability(model, x), atol=1e-6)
+
+
+# ---------------------------------------------------------------- recipes, DSB metric, bootstrap, data_dir end to end
+
+def test_report_recipe_is_the_reports():
+    import keras
+    r = RECIPES["report"]
+    assert (r.augment, r.normalize, r.loss, r.learning_rate, r.batch_size, r.epochs) == (False, "scale255", "bce", 1e-4, 8, 10)
+    cbs = recipe_callbacks("report", "m.keras", "m.csv")
+    kinds = {type(c).__name__ for c in cbs}
+    assert {"ModelCheckpoint", "ReduceLROnPlateau", "EarlyStopping", "CSVLogger"} <= kinds
+    lr = next(c for c in cbs if isinstance(c, keras.callbacks.ReduceLROnPlateau))
+    stop = next(c for c in cbs if isinstance(c, keras.callbacks.EarlyStopping))
+    assert (lr.factor, lr.patience, lr.min_lr) == (0.1, 5, 1e-7)
+    assert (stop.patience, stop.restore_best_weights) == (20, False)
+    ours = next(c for c in recipe_callbacks("ours", "m.keras", "m.csv") if isinstance(c, keras.callbacks.EarlyStopping))
+    assert ours.restore_best_weights and RECIPES["ours"].augment
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe_callbacks("paper", "m.keras", "m.csv")
+
+
+def test_dsb_mean_ap_over_iou_thresholds():
+    yy, xx = np.mgrid[:96, :96]
+    gt = np.zeros((96, 96), np.int32)
+    for k, (cy, cx) in enumerate([(16, 16), (16, 50), (16, 80), (50, 20), (52, 55), (80, 30), (78, 78)], start=1):
+        gt[(yy - cy) ** 2 + (xx - cx) ** 2 <= (6 + k) ** 2 / 4 + 30] = k      # separate discs of different sizes
+    perfect = dsb_scores(gt[None], (gt[None] > 0).astype(float), method="components").iloc[0]
+    assert perfect.dsb_map == pytest.approx(1.0) and perfect.ap50 == pytest.approx(1.0)
+    from scipy import ndimage as ndi
+    eroded = np.zeros(gt.shape)
+    for k in range(1, gt.max() + 1):                  # every nucleus shrunk: IoU drops, the high thresholds miss
+        eroded[ndi.binary_erosion(gt == k, iterations=2)] = 1
+    worse = dsb_scores(gt[None], eroded[None], method="components").iloc[0]
+    assert worse.dsb_map < worse.ap50 <= 1.0 and worse.dsb_map < 0.9
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_units():
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(0.7, 0.1, 8), rng.normal(0.7, 0.1, 200)
+    m, lo, hi = bootstrap_ci(few)
+    assert lo < m < hi and m == pytest.approx(few.mean())
+    _, lo2, hi2 = bootstrap_ci(many)
+    assert hi2 - lo2 < hi - lo
+    t = np.zeros((256, 256), int); t[:128] = 1
+    assert list(tile_scores(t, (t > 0).astype(float), tile=128)) == [1.0, 1.0, 0.0, 0.0]   # empty tiles score 0 (sklearn)
+
+
+@pytest.mark.slow
+def test_notebook_data_dir_branch_excludes_the_evaluation_image(tmp_path):
+    """The notebook's data_dir branch end to end (smoke profile, 64² images) on an official-layout folder holding a copy."""
+    import pandas as pd
+    from PIL import Image
+    from imgsci.nuclei.data import list_dsb, load_real_dsb_image, report_split, write_fabricated_dsb
+    from imgsci.reproduce import run_study
+    from imgsci.core import PROJECT_ROOT
+    root = write_fabricated_dsb(tmp_path / "stage1_train", "official", n=9, shape=(64, 64), seed=2)
+    ref, ref_labels = load_real_dsb_image()
+    sid = "00copy"                                          # sorts first; lands in the report's training set
+    (root / sid / "images").mkdir(parents=True)
+    (root / sid / "masks").mkdir()
+    Image.fromarray(np.dstack([ref] * 3 + [np.full_like(ref, 255)]), "RGBA").save(root / sid / "images" / f"{sid}.png")
+    for k in range(1, ref_labels.max() + 1):
+        Image.fromarray(((ref_labels == k) * 255).astype(np.uint8)).save(root / sid / "masks" / f"m{k:03d}.png")
+    train, val, test = report_split(list_dsb(root).id)
+    assert sid in train + val
+    record = run_study("nuclei_segmentation", PROJECT_ROOT / "nbs" / "05b_nuclei_segmentation.ipynb", "smoke", 0,
+                       tmp_path / "runs", overrides=dict(data_dir=str(tmp_path), image_size=64, compare_models=False),
+                       progress=False)
+    assert record["status"] == "ok", record["error"]
+    out = tmp_path / "runs" / "smoke" / "nuclei_segmentation" / "tables"
+    claims = pd.read_csv(out / "claims.csv")
+    excl = claims[claims.claim.str.startswith("The shipped evaluation image")].iloc[0]
+    assert excl.our_value == 0 and excl.verdict == "reproduced" and sid in excl.note
+    split = claims[claims.claim.str.startswith("Report's split")].iloc[0]
+    assert split.our_value == 0
+    inst = pd.read_csv(out / "dsb_test_instances.csv")
+    assert list(inst.id) == test and inst.dsb_map.between(0, 1).all() and (inst.n_true > 0).all()
+    assert "ours_DSB2018_test" in pd.read_csv(out / "metrics_vs_report.csv").columns

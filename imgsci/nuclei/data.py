@@ -16,10 +16,10 @@ from skimage.util import view_as_blocks
 from ..core import data_path, smooth_field
 
 # %% auto #0
-__all__ = ['REAL_IMAGE_FILES', 'IMAGE_SUFFIXES', 'NORMALIZATIONS', 'synthetic_nuclei', 'synthetic_nuclei_set',
+__all__ = ['REAL_IMAGE_FILES', 'IMAGE_SUFFIXES', 'NORMALIZATIONS', 'READERS', 'synthetic_nuclei', 'synthetic_nuclei_set',
            'load_real_dsb_image', 'split_tiles', 'edge_profile', 'list_dsb_official', 'list_dsb_processed', 'list_dsb',
-           'write_fabricated_dsb', 'report_split', 'normalize_image', 'to_rgb_uint8', 'make_dataset', 'dataset_masks',
-           'numpy_function_dataset']
+           'write_fabricated_dsb', 'instance_labels', 'content_match', 'find_duplicates', 'report_split',
+           'normalize_image', 'to_rgb_uint8', 'make_dataset', 'dataset_masks', 'numpy_function_dataset']
 
 # %% ../../nbs/05a_nuclei_data.ipynb #8a974c36
 def _check_range(name: str, value, low_limit: float = 0.0) -> tuple:
@@ -250,15 +250,74 @@ def write_fabricated_dsb(root, layout: str = "processed", n: int = 3, shape=(64,
             raise ValueError(f"layout must be 'official' or 'processed', got {layout!r}")
     return root
 
+# %% ../../nbs/05a_nuclei_data.ipynb #159f17a6
+def instance_labels(mask_files, size=None) -> np.ndarray:
+    "Instance label image (int32, 0 = background, k = k-th mask file) from one-nucleus-per-file binary masks."
+    from PIL import Image
+    labels = None
+    for k, f in enumerate(sorted(str(m) for m in mask_files), start=1):
+        with Image.open(f) as im:
+            m = np.asarray(im.convert("L")) > 127
+        if labels is None:
+            labels = np.zeros(m.shape, np.int32)
+        elif m.shape != labels.shape:
+            raise ValueError(f"mask {f} is {m.shape} pixels, the sample's first mask {labels.shape}")
+        labels[m] = k
+    if labels is None:
+        raise ValueError("no mask files given; every sample needs at least one")
+    if size is not None:              # nearest neighbour on the grid of tf.image.resize(method="nearest")
+        h, w, n = labels.shape[0], labels.shape[1], int(size)
+        rows = np.minimum(np.floor((np.arange(n) + 0.5) * h / n).astype(int), h - 1)
+        cols = np.minimum(np.floor((np.arange(n) + 0.5) * w / n).astype(int), w - 1)
+        labels = labels[np.ix_(rows, cols)]
+    return labels
+
+# %% ../../nbs/05a_nuclei_data.ipynb #2e4d9088
+def _grey(path) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32)
+
+
+def content_match(image, reference, reduce: int = 4) -> float:
+    "Best normalised cross-correlation of `image` and `reference` (grey, any sizes), the smaller sliding over the larger."
+    from skimage.feature import match_template
+    from skimage.transform import downscale_local_mean
+    a, b = (np.asarray(x, dtype=np.float32) for x in (image, reference))
+    a, b = (x.mean(-1) if x.ndim == 3 else x for x in (a, b))
+    if a.shape == b.shape and np.array_equal(a, b):
+        return 1.0
+    if a.size < b.size:
+        a, b = b, a
+    if b.shape[0] > a.shape[0] or b.shape[1] > a.shape[1]:       # neither fits inside the other
+        return 0.0
+    r = max(1, min(int(reduce), min(b.shape) // 16))
+    a, b = (downscale_local_mean(x, (r, r)) for x in (a, b))
+    if b.std() == 0 or a.std() == 0:
+        return 0.0
+    return float(match_template(a, b).max())
+
+
+def find_duplicates(listing: pd.DataFrame, reference: np.ndarray, threshold: float = 0.95) -> pd.DataFrame:
+    "Samples of a `list_dsb` listing whose image matches `reference` by content (score ≥ `threshold`), best first."
+    scores = [content_match(_grey(p), reference) for p in listing.image]
+    found = listing.assign(match=scores)[lambda d: d.match >= threshold]
+    return found[["id", "image", "match"]].sort_values("match", ascending=False).reset_index(drop=True)
+
 # %% ../../nbs/05a_nuclei_data.ipynb #b95105a6
-def report_split(ids, random_state: int = 42) -> tuple:
-    "The report's train/validation/test split of `ids`: 60/20/20 through two `train_test_split` calls."
+def report_split(ids, held_out=None, random_state: int = 42) -> tuple:
+    """The report's (train, validation, test) of the sorted `ids`: validation held out first, then test.
+
+    `held_out`: samples per held-out set (the report: 134 of 670); default round(0.2·n)."""
     from sklearn.model_selection import train_test_split
-    ids = list(ids)
+    ids = sorted(ids)
     if len(ids) < 5:
         raise ValueError(f"the 60/20/20 split needs at least 5 samples, got {len(ids)}")
-    rest, test = train_test_split(ids, test_size=0.2, random_state=random_state)
-    train, val = train_test_split(rest, test_size=0.25, random_state=random_state)
+    k = int(held_out) if held_out is not None else max(1, round(0.2 * len(ids)))
+    if not (1 <= k and 2 * k < len(ids)):
+        raise ValueError(f"held_out={held_out} leaves no training samples out of {len(ids)}")
+    rest, val = train_test_split(ids, test_size=k, random_state=random_state)
+    train, test = train_test_split(rest, test_size=k, random_state=random_state)
     return train, val, test
 
 # %% ../../nbs/05a_nuclei_data.ipynb #781213bf
@@ -323,12 +382,15 @@ def _augment(image, mask, seed):
 
 
 def make_dataset(images, masks, batch_size: int = 8, training: bool = False, size=None, patch_size=None,
-                 normalize: str = "percentile", seed: int = 0, cache: bool = True, shuffle_buffer: int = 1024):
+                 normalize: str = "percentile", seed: int = 0, cache: bool = True, shuffle_buffer: int = 1024,
+                 augment: bool = True):
     """`tf.data` pipeline of (image float32 (B,H,W,3), mask float32 (B,H,W,1)) batches.
 
     `images`/`masks`: arrays `(n,H,W[,C])` (masks: labels, >0 is nucleus) or lists of file paths / mask glob
     patterns. `size` resizes (files only), `patch_size` crops (random when `training`, central otherwise);
-    `training` also shuffles, augments and repeats forever."""
+    `training` also shuffles, augments (if `augment`) and repeats forever. Shuffling reshuffles on every pass
+    *and every new iterator*: two fits from one pipeline object see different batches, so build one
+    pipeline per model (same arguments → same batches)."""
     tf = _tf()
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {normalize!r}; use one of {NORMALIZATIONS}")
@@ -360,15 +422,15 @@ def make_dataset(images, masks, batch_size: int = 8, training: bool = False, siz
     ds = ds.map(lambda x, y: (normalize_image(x, normalize), y), num_parallel_calls=autotune)
     if training:
         ds = ds.shuffle(min(n, shuffle_buffer), seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
-        def augment(i, xy):
+        def crop_and_augment(i, xy):
             x, y = xy
             crop_seed = tf.stack([tf.constant(seed, tf.int64), 2 * i])
             if patch_size is not None:
                 both = tf.image.stateless_random_crop(tf.concat([x, tf.cast(y, x.dtype)], -1),
                                                       [patch_size, patch_size, 4], crop_seed)
                 x, y = both[..., :3], both[..., 3:]
-            return _augment(x, y, tf.stack([tf.constant(seed, tf.int64), 2 * i + 1]))
-        ds = ds.map(augment, num_parallel_calls=autotune)
+            return _augment(x, y, tf.stack([tf.constant(seed, tf.int64), 2 * i + 1])) if augment else (x, y)
+        ds = ds.map(crop_and_augment, num_parallel_calls=autotune)
     elif patch_size is not None:
         ds = ds.map(lambda x, y: (tf.image.resize_with_crop_or_pad(x, patch_size, patch_size),
                                   tf.image.resize_with_crop_or_pad(y, patch_size, patch_size)),
@@ -392,15 +454,34 @@ def _py_read_pair(image_path, mask_path, size):
     return image, mask[..., None]
 
 
-def numpy_function_dataset(images, masks, size: int = 256, batch_size: int = 8, seed: int = 0, shuffle: bool = True):
-    "The report-style pipeline: per-image Python decode + resize in `tf.numpy_function`, every epoch, forever."
+def _cv2_read_pair(image_path, mask_path, size):
+    "The report's reader: cv2.imread (BGR → RGB) + cv2.resize, ÷255; the mask read grey, resized, > 127."
+    import cv2
+    image = cv2.imread(image_path.decode(), cv2.IMREAD_COLOR)[..., ::-1]
+    image = cv2.resize(image, (int(size), int(size))).astype(np.float32) / 255.0
+    mask = cv2.resize(cv2.imread(mask_path.decode(), cv2.IMREAD_GRAYSCALE), (int(size), int(size)),
+                      interpolation=cv2.INTER_NEAREST)
+    return image, (mask > 127).astype(np.float32)[..., None]
+
+
+READERS = {"skimage": _py_read_pair, "cv2": _cv2_read_pair}
+
+
+def numpy_function_dataset(images, masks, size: int = 256, batch_size: int = 8, seed: int = 0, shuffle: bool = True,
+                           reader: str = "skimage"):
+    "The report-style pipeline: per-image Python decode + resize (`reader` 'cv2' as the report, or 'skimage') in `tf.numpy_function`, every epoch, forever."
     tf = _tf()
+    if reader not in READERS:
+        raise ValueError(f"unknown reader {reader!r}; use one of {list(READERS)}")
+    if reader == "cv2":
+        import cv2  # noqa: F401  (fail here, not inside the graph, when OpenCV is missing)
+    read = READERS[reader]
     images, masks = [str(p) for p in images], [str(p) for p in masks]
     if not images or len(images) != len(masks):
         raise ValueError(f"need one mask file per image, got {len(images)} images, {len(masks)} masks")
 
     def load(i, m):
-        x, y = tf.numpy_function(_py_read_pair, [i, m, size], [tf.float32, tf.float32])
+        x, y = tf.numpy_function(read, [i, m, size], [tf.float32, tf.float32])
         return tf.ensure_shape(x, [size, size, 3]), tf.ensure_shape(y, [size, size, 1])
     ds = tf.data.Dataset.from_tensor_slices((images, masks))
     ds = (ds.shuffle(len(images), seed=seed) if shuffle else ds).repeat()

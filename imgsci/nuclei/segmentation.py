@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['VARIANTS', 'DICE_LOSS', 'LOSSES', 'REPORT_METRICS', 'INSTANCE_METHODS', 'MODEL_NAMES', 'MODEL_FILES', 'WHOLE',
-           'TILES', 'REPORT_VALUES', 'conv_bn', 'multires_block', 'res_path', 'build_multiresunet', 'build_unet',
-           'bce_dice_loss', 'DiceCoefficient', 'segmentation_metrics', 'EpochTimer', 'compile_segmenter',
-           'train_segmenter', 'train_throughput', 'predict_probability', 'inference_throughput', 'pixel_metrics',
+__all__ = ['VARIANTS', 'DICE_LOSS', 'LOSSES', 'RECIPES', 'REPORT_METRICS', 'INSTANCE_METHODS', 'DSB_IOU_THRESHOLDS',
+           'MODEL_NAMES', 'MODEL_FILES', 'WHOLE', 'TILES', 'REPORT_VALUES', 'REPORT_BOLD', 'conv_bn', 'multires_block',
+           'res_path', 'build_multiresunet', 'build_unet', 'bce_dice_loss', 'DiceCoefficient', 'segmentation_metrics',
+           'EpochTimer', 'compile_segmenter', 'Recipe', 'get_recipe', 'recipe_callbacks', 'train_segmenter',
+           'train_throughput', 'predict_probability', 'inference_throughput', 'pixel_metrics',
            'instances_from_probability', 'instance_iou', 'match_instances', 'otsu_mask', 'otsu_masks',
-           'instance_scores', 'evaluate_probabilities', 'StudyData', 'study_data', 'build_named_model', 'TrainedModel',
-           'train_models', 'real_eval_sets', 'score_table', 'report_table', 'instance_table', 'comparison_table',
-           'plot_model_histories']
+           'instance_scores', 'evaluate_probabilities', 'dsb_scores', 'bootstrap_ci', 'tile_scores', 'StudyData',
+           'study_data', 'dsb_test_labels', 'build_named_model', 'TrainedModel', 'train_models', 'real_eval_sets',
+           'score_table', 'report_table', 'instance_table', 'comparison_table', 'plot_model_histories']
 
 # %% ../../nbs/05b_nuclei_segmentation.ipynb #624e4ad1
 import numpy as np
@@ -202,9 +203,55 @@ def compile_segmenter(model: keras.Model, learning_rate: float = 1e-4, loss: str
     return model
 
 
+@dataclass(frozen=True)
+class Recipe:
+    "A training recipe: data handling, loss, Adam step and the callbacks' parameters (`epochs`/`batch_size`: None = the profile's)."
+    name: str
+    augment: bool
+    normalize: str
+    loss: str
+    learning_rate: float
+    lr_factor: float
+    lr_patience: int
+    min_lr: float
+    stop_patience: int
+    restore_best: bool
+    epochs: int | None = None
+    batch_size: int | None = None
+
+
+RECIPES = {
+    "report": Recipe("report", augment=False, normalize="scale255", loss="bce", learning_rate=1e-4, lr_factor=0.1,
+                     lr_patience=5, min_lr=1e-7, stop_patience=20, restore_best=False, epochs=10, batch_size=8),
+    "ours": Recipe("ours", augment=True, normalize="percentile", loss="bce_dice", learning_rate=1e-3, lr_factor=0.5,
+                   lr_patience=2, min_lr=0.0, stop_patience=5, restore_best=True),
+}
+
+
+def get_recipe(recipe) -> Recipe:
+    "A `Recipe` from its name ('report' or 'ours') or itself."
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; use one of {list(RECIPES)}")
+    return RECIPES[recipe]
+
+
+def recipe_callbacks(recipe, checkpoint, log) -> list:
+    "The recipe's ModelCheckpoint, ReduceLROnPlateau, EarlyStopping and CSVLogger (after an `EpochTimer`)."
+    r = get_recipe(recipe)
+    return [EpochTimer(),
+            keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=r.lr_factor, patience=r.lr_patience,
+                                              min_lr=r.min_lr),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=r.stop_patience,
+                                          restore_best_weights=r.restore_best),
+            keras.callbacks.CSVLogger(log)]
+
+
 def train_segmenter(model: keras.Model, train_ds, val_ds, epochs: int, steps_per_epoch: int, out_dir,
-                    name=None, patience: int = 5, lr_patience: int = 2, verbose: int = 0) -> pd.DataFrame:
-    """Fit a compiled `model`; checkpoint to `out_dir/checkpoints/<name>.keras`, log to `…/<name>.csv`.
+                    name=None, recipe="ours", verbose: int = 0) -> pd.DataFrame:
+    """Fit a compiled `model` with `recipe`'s callbacks; checkpoint to `out_dir/checkpoints/<name>.keras`, log to `…/<name>.csv`.
 
     Returns the per-epoch log (with `train_seconds`) as a DataFrame."""
     if int(epochs) < 1 or int(steps_per_epoch) < 1:
@@ -213,11 +260,7 @@ def train_segmenter(model: keras.Model, train_ds, val_ds, epochs: int, steps_per
     folder = Path(out_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{name}.csv"
-    callbacks = [EpochTimer(),
-                 keras.callbacks.ModelCheckpoint(folder / f"{name}.keras", monitor="val_loss", save_best_only=True),
-                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=lr_patience),
-                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
-                 keras.callbacks.CSVLogger(log)]
+    callbacks = recipe_callbacks(recipe, folder / f"{name}.keras", log)
     model.fit(train_ds, validation_data=val_ds, epochs=int(epochs), steps_per_epoch=int(steps_per_epoch),
               callbacks=callbacks, verbose=verbose)
     return pd.read_csv(log)
@@ -344,6 +387,36 @@ def evaluate_probabilities(true_labels, probabilities, method: str = "watershed"
     inst = instance_scores(true_labels, probabilities, method)
     return {**{k: pixel[k] for k in REPORT_METRICS}, **{f"inst_{k}": v for k, v in inst.items()}}
 
+# %% ../../nbs/05b_nuclei_segmentation.ipynb #9d2827c4
+DSB_IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+
+
+def dsb_scores(true_labels, probabilities, method: str = "watershed", threshold: float = 0.5) -> pd.DataFrame:
+    "Per image: AP@0.5 and the DSB2018 mean AP over IoU 0.5…0.95 (TP/(TP+FP+FN) at each, averaged)."
+    rows = []
+    for t, p in zip(true_labels, probabilities):
+        iou = instance_iou(t, instances_from_probability(p, threshold, method))
+        n_true, n_pred = iou.shape
+        ap = [(iou > th).sum() / max(n_true + n_pred - (iou > th).sum(), 1) for th in DSB_IOU_THRESHOLDS]
+        rows.append(dict(n_true=n_true, n_pred=n_pred, ap50=float(ap[0]), dsb_map=float(np.mean(ap))))
+    return pd.DataFrame(rows)
+
+
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple:
+    "Mean of `values` and its percentile-bootstrap interval `(mean, low, high)` (units resampled with replacement)."
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (float("nan"),) * 3
+    means = np.random.default_rng(seed).choice(v, (int(n_boot), v.size)).mean(1)
+    lo, hi = np.percentile(means, [50 - 50 * level, 50 + 50 * level])
+    return float(v.mean()), float(lo), float(hi)
+
+
+def tile_scores(true_labels, probability, tile: int = 128, metric: str = "jaccard") -> np.ndarray:
+    "Pixel `metric` of each `tile`×`tile` tile of one image (truth: labels > 0; prediction: probability ≥ 0.5)."
+    return pixel_metrics(split_tiles(np.asarray(true_labels), tile), split_tiles(np.asarray(probability), tile))[metric].to_numpy()
+
 # %% ../../nbs/05b_nuclei_segmentation.ipynb #c785436e
 @dataclass
 class StudyData:
@@ -358,29 +431,50 @@ class StudyData:
     train_labels: np.ndarray | None = None
     val_images: np.ndarray | None = None
     val_labels: np.ndarray | None = None
+    new_train_ds: object = None
+    split: tuple | None = None
 
 
 def study_data(dsb=None, *, n_train: int, n_val: int, image_size: int, patch_size=None, batch_size: int = 8,
-               steps_per_epoch=None, normalize: str = "percentile", seed: int = 0) -> StudyData:
+               steps_per_epoch=None, normalize: str = "percentile", seed: int = 0, augment: bool = True,
+               exclude=()) -> StudyData:
     "Synthetic training/validation pipelines, or the report's split of the DSB2018 listing `dsb` (with a test pipeline)."
     if dsb is None:
         train_images, train_labels = synthetic_nuclei_set(n_train, (image_size,) * 2, seed=seed)
         val_images, val_labels = synthetic_nuclei_set(n_val, (image_size,) * 2, seed=seed + 10_000)
-        train_ds = make_dataset(train_images, train_labels, batch_size, training=True, patch_size=patch_size,
-                                normalize=normalize, seed=seed)
+        new_train = lambda: make_dataset(train_images, train_labels, batch_size, training=True, patch_size=patch_size,
+                                         normalize=normalize, seed=seed, augment=augment)
         val_ds = make_dataset(val_images, val_labels, batch_size, patch_size=patch_size, normalize=normalize)
-        return StudyData(train_ds, val_ds, None, n_train, steps_per_epoch or int(np.ceil(n_train / batch_size)),
-                         f"{n_train} synthetic {image_size}² images", train_images, train_labels, val_images, val_labels)
+        return StudyData(new_train(), val_ds, None, n_train, steps_per_epoch or int(np.ceil(n_train / batch_size)),
+                         f"{n_train} synthetic {image_size}² images", train_images, train_labels, val_images, val_labels,
+                         new_train)
     train_ids, val_ids, test_ids = report_split(dsb.id)
+    drop = set(exclude)
+    train_ids, val_ids = [i for i in train_ids if i not in drop], [i for i in val_ids if i not in drop]
     by_id = dsb.set_index("id")
     files = lambda ids: (list(by_id.loc[ids].image), list(by_id.loc[ids]["mask"]))
     kw = dict(size=image_size, normalize=normalize)
-    train_ds = make_dataset(*files(train_ids), batch_size, training=True, patch_size=patch_size, seed=seed, **kw)
+    new_train = lambda: make_dataset(*files(train_ids), batch_size, training=True, patch_size=patch_size, seed=seed,
+                                     augment=augment, **kw)
     val_ds = make_dataset(*files(val_ids), batch_size, patch_size=patch_size, **kw)
     test_ds = make_dataset(*files(test_ids), batch_size, **kw)
-    return StudyData(train_ds, val_ds, test_ds, len(train_ids),
+    return StudyData(new_train(), val_ds, test_ds, len(train_ids),
                      steps_per_epoch or int(np.ceil(len(train_ids) / batch_size)),
-                     f"DSB2018 {len(train_ids)}/{len(val_ids)}/{len(test_ids)} split")
+                     f"DSB2018 {len(train_ids)}/{len(val_ids)}/{len(test_ids)} split", new_train_ds=new_train,
+                     split=(train_ids, val_ids, test_ids))
+
+
+def dsb_test_labels(dsb, ids, size=None) -> np.ndarray:
+    "Instance labels `(n, size, size)` of samples `ids`: one id per official mask file (processed layout: connected components)."
+    from scipy import ndimage as ndi
+    from imgsci.nuclei.data import instance_labels
+    by_id = dsb.set_index("id")
+    out = []
+    for i in ids:
+        files = by_id.loc[i, "mask_files"]
+        lab = instance_labels(files, size)
+        out.append(lab if len(files) > 1 else ndi.label(lab > 0)[0].astype(np.int32))
+    return np.stack(out)
 
 # %% ../../nbs/05b_nuclei_segmentation.ipynb #222b487c
 MODEL_NAMES = ("MultiResUNet (seed)", "MultiResUNet (original)", "U-Net")
@@ -408,21 +502,28 @@ class TrainedModel:
 
 
 def train_models(names, train_ds, val_ds, epochs: int, steps_per_epoch: int, out_dir, seed: int, batch_size: int,
-                 loss: str = "bce", bn_momentum: float = 0.99, jit_compile="auto", base_filters: int = 32) -> dict:
-    "Fit each named model from the same `seed` on the same pipelines; {name: TrainedModel}, checkpoints in `out_dir`."
+                 recipe="ours", bn_momentum: float = 0.99, jit_compile="auto", base_filters: int = 32,
+                 file_suffix: str = "") -> dict:
+    """Fit each named model from the same `seed` with `recipe`'s loss, step and callbacks; {name: TrainedModel}.
+
+    `train_ds`: a pipeline, or a function returning a fresh one (called once per model: identical batches)."""
+    r = get_recipe(recipe)
     trained = {}
     for name in names:
         set_seed(seed)
         model = compile_segmenter(build_named_model(name, bn_momentum=bn_momentum, base_filters=base_filters),
-                                  loss=loss, jit_compile=jit_compile)
+                                  learning_rate=r.learning_rate, loss=r.loss, jit_compile=jit_compile)
+        ds = train_ds() if callable(train_ds) else train_ds
         with Stopwatch() as sw:
-            log = train_segmenter(model, train_ds, val_ds, epochs, steps_per_epoch, out_dir, MODEL_FILES[name])
+            log = train_segmenter(model, ds, val_ds, epochs, steps_per_epoch, out_dir, MODEL_FILES[name] + file_suffix,
+                                  recipe=r)
         trained[name] = TrainedModel(model, log, train_throughput(log, steps_per_epoch, batch_size), sw.wall)
     return trained
 
 # %% ../../nbs/05b_nuclei_segmentation.ipynb #da763a54
 WHOLE, TILES = "real 512² whole", "real 256² tiles"
 REPORT_VALUES = dict(accuracy=0.952, f1=0.820, jaccard=0.711, recall=0.891, precision=0.784)   # its test table
+REPORT_BOLD = dict(accuracy=0.940, f1=0.813, jaccard=0.712, recall=0.841, precision=0.842)     # bold in its text
 
 
 def real_eval_sets() -> dict:
@@ -440,7 +541,8 @@ def score_table(probabilities: dict, eval_sets: dict, method: str = "watershed")
 def report_table(scores: pd.DataFrame, model: str, dsb_test=None, baseline: str = "Otsu threshold") -> pd.DataFrame:
     "The report's test metrics beside `model`'s on every data set (and the DSB2018 test split) and `baseline`'s tiles."
     ours = scores[scores.model == model].set_index("data")
-    table = pd.DataFrame(dict(metric=list(REPORT_VALUES), report_DSB2018_test=list(REPORT_VALUES.values())))
+    table = pd.DataFrame(dict(metric=list(REPORT_VALUES), report_DSB2018_test=list(REPORT_VALUES.values()),
+                              report_bold_in_text=list(REPORT_BOLD.values())))
     if dsb_test is not None:
         table["ours_DSB2018_test"] = [dsb_test[m] for m in REPORT_VALUES]
     for data in ours.index:
