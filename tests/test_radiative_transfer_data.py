@@ -7,7 +7,7 @@ import pytest
 from imgsci.core import data_path
 from imgsci.radiative_transfer.data import (ALL_FAMILIES, CHANNELS_24, FAMILIES, ORIGINAL_FAMILY, ORIGINAL_MIX, SdsRecord,
                                             original_islands_density, original_mix, original_split, box_smooth, density_set,
-                                            flip_input_orientation, make_density, network_input, read_sds,
+                                            flip_input_orientation, make_density, map_stats, network_input, read_sds,
                                             sds_record_size, select_channels, simulate_samples, time_rows,
                                             to_image_orientation, write_sds)
 from imgsci.radiative_transfer.solver import Source
@@ -102,19 +102,11 @@ def test_density_families():
     np.testing.assert_allclose(box_smooth(np.arange(25.0).reshape(5, 5), 1), [[6, 7, 8], [11, 12, 13], [16, 17, 18]])
 
 
-def _map_stats(x):
-    "Per-map statistics: mean, standard deviation, fraction above 1.5, mean gradient magnitude, max."
-    x = np.asarray(x)
-    grad = np.hypot(*np.gradient(x, axis=(-2, -1))).mean(axis=(-2, -1))
-    return np.stack([x.mean(axis=(-2, -1)), x.std(axis=(-2, -1)), (x > 1.5).mean(axis=(-2, -1)), grad,
-                     x.max(axis=(-2, -1))], axis=-1)
-
-
 def _quantile_of_reference(family, n=200):
     "Where density 3000's statistics fall in the distribution of `n` maps of `family` (quantile per statistic)."
     ref = np.load(data_path("radiative_transfer", "p1_reference_3000_top.npz"))["density_rowTop"]
     rho, _ = density_set(n, families=(family,), seed=11)
-    return (_map_stats(rho) <= _map_stats(ref)).mean(axis=0)
+    return (map_stats(rho) <= map_stats(ref)).mean(axis=0)
 
 
 def test_original_generator_matches_the_reference_density_statistics():

@@ -13,10 +13,11 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['FAMILIES', 'RAW_SIZE', 'BORDER', 'RHO_MIN', 'RHO_MAX', 'ORIGINAL_FAMILY', 'ALL_FAMILIES', 'ORIGINAL_MIX',
-           'ORIGINAL_SPLIT', 'OPPOSITE', 'CHANNELS_24', 'SDS_MAGIC', 'SDS_EDGE_CODES', 'box_smooth', 'islands_density',
-           'shapes_density', 'original_islands_density', 'original_mix', 'original_split', 'make_density',
-           'density_set', 'time_rows', 'select_channels', 'network_input', 'flip_input_orientation', 'SdsRecord',
-           'sds_record_size', 'to_image_orientation', 'write_sds', 'read_sds', 'simulate_samples']
+           'ORIGINAL_SPLIT', 'STAT_NAMES', 'OPPOSITE', 'CHANNELS_24', 'SDS_MAGIC', 'SDS_EDGE_CODES', 'box_smooth',
+           'islands_density', 'shapes_density', 'original_islands_density', 'original_mix', 'original_split',
+           'make_density', 'density_set', 'map_stats', 'time_rows', 'select_channels', 'network_input',
+           'flip_input_orientation', 'SdsRecord', 'sds_record_size', 'to_image_orientation', 'write_sds', 'read_sds',
+           'simulate_samples']
 
 # %% ../../nbs/03b_radiative_transfer_data.ipynb #91d91838
 from ..core import atomic_path
@@ -171,6 +172,18 @@ def density_set(n: int, families=FAMILIES, seed: int = 0, names=None):
     rng = np.random.default_rng(seed)
     names = np.array([families[i % len(families)] for i in range(n)] if names is None else list(names)[:n])
     return np.stack([make_density(f, rng) for f in names]), names
+
+# %% ../../nbs/03b_radiative_transfer_data.ipynb #e7388d3d
+def map_stats(x) -> np.ndarray:
+    "Per-map statistics (…, 5): mean, standard deviation, fraction above 1.5, mean gradient magnitude, max."
+    x = np.asarray(x, np.float64)
+    grad = np.hypot(*np.gradient(x, axis=(-2, -1))).mean(axis=(-2, -1))
+    return np.stack([x.mean(axis=(-2, -1)), x.std(axis=(-2, -1)), (x > 1.5).mean(axis=(-2, -1)), grad,
+                     x.max(axis=(-2, -1))], axis=-1)
+
+
+STAT_NAMES = ("mean", "std", "frac_above_1_5", "mean_gradient", "max")
+
 
 # %% ../../nbs/03b_radiative_transfer_data.ipynb #9562a0a8
 OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}

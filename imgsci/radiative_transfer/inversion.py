@@ -18,11 +18,11 @@ from ..core import Stopwatch
 __all__ = ['VNET_VARIANTS', 'SCALINGS', 'M1_SEGMENTS', 'M1_HEIGHTS', 'M1_DIAMETER', 'M1_BACKGROUND', 'M1_PARAM_LOW',
            'M1_PARAM_SPAN', 'build_vnet', 'density_to_target', 'target_to_density', 'float32_ulps',
            'common_to_sample_ratio', 'imprint_fraction', 'InputScaler', 'stratified_split', 'r2_by_family',
-           'r2_per_sample', 'train_model', 'simulate_input_tf', 'simulate_inputs_tf', 'linear_interpolation_matrix',
-           'GradientInversion', 'invert_by_gradient', 'simulate_inputs64', 'InputJacobian', 'randomized_svd',
-           'linear_mmse', 'crenel_density', 'segments_in_front', 'm1_dataset', 'm1_inputs', 'build_m1_cnn',
-           'M1RegressionScores', 'M1ClassificationScores', 'keras_r2_per_sample', 'm1_regression_scores',
-           'm1_classification_scores']
+           'r2_per_sample', 'r2_interior', 'train_model', 'simulate_input_tf', 'simulate_inputs_tf',
+           'linear_interpolation_matrix', 'GradientInversion', 'invert_by_gradient', 'simulate_inputs64',
+           'InputJacobian', 'randomized_svd', 'linear_mmse', 'crenel_density', 'segments_in_front', 'm1_dataset',
+           'm1_inputs', 'build_m1_cnn', 'M1RegressionScores', 'M1ClassificationScores', 'keras_r2_per_sample',
+           'm1_regression_scores', 'm1_classification_scores']
 
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #df664edd
 import keras
@@ -192,6 +192,16 @@ def r2_per_sample(rho_true, rho_pred) -> np.ndarray:
     t = np.asarray(rho_true, np.float64).reshape(len(rho_true), -1)
     p = np.asarray(rho_pred, np.float64).reshape(len(rho_pred), -1)
     return r2_score(t.T, p.T, multioutput="raw_values")
+
+
+def r2_interior(rho_true, rho_pred, border: int = 5) -> float:
+    "R² over pixels pooled (`r2_score`), without a `border`-pixel frame of each map (S, N, N)."
+    t, p = np.asarray(rho_true, np.float64), np.asarray(rho_pred, np.float64)
+    if border < 0 or 2 * border >= t.shape[-1]:
+        raise ValueError(f"border must lie in 0 … {(t.shape[-1] - 1) // 2}, got {border}")
+    sl = (..., slice(border, t.shape[-2] - border), slice(border, t.shape[-1] - border))
+    return float(r2_score(t[sl].ravel(), p[sl].ravel()))
+
 
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #dd106622
 def train_model(model: keras.Model, X_train, y_train, X_val, y_val, epochs: int = 30, batch_size: int = 8,
