@@ -173,3 +173,20 @@ def test_segment_sources_and_their_limits(tmp_path):
         simulate_samples(np.ones((1, 8, 8)), sources=segs, sds_path=tmp_path / "x.sds")
     with pytest.raises(ValueError, match="four sources"):
         simulate_samples(np.ones((1, 8, 8)), sources=segs[:2])
+
+
+def test_dihedral_augmentation_equals_simulating_the_moved_density():
+    from imgsci.radiative_transfer.data import DIHEDRAL, dihedral_channel_map, dihedral_density, dihedral_input
+    rho = np.ones((12, 12)); rho[1:5, 7:11] = 3.0; rho[8:10, 2:4] = 2.0          # no symmetry of its own
+    tf_ = 30 * 0.5 / 12 / 299
+    X0 = simulate_samples(rho, n_rows=12, t_final=tf_)[0]
+    Xg = simulate_samples(np.stack([dihedral_density(rho, g) for g in DIHEDRAL]), n_rows=12, t_final=tf_)
+    scale = np.abs(X0).max()
+    for g, want in zip(DIHEDRAL, Xg):
+        np.testing.assert_allclose(dihedral_input(X0, g), want, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(dihedral_input(select_channels(X0, 24), g), select_channels(want, 24), rtol=0, atol=1e-5 * scale)
+    # positions must run backwards where the symmetry reverses an edge: without that the rotated input is wrong
+    src, rev = dihedral_channel_map((1, False))
+    assert rev.any() and np.abs(X0[..., src] - Xg[1]).max() > 1e-2 * scale
+    with pytest.raises(ValueError, match="square maps"):
+        dihedral_density(np.ones((4, 6)), (1, False))

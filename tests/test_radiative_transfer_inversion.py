@@ -181,3 +181,20 @@ def test_jacobian_products_are_adjoint_and_the_svd_finds_the_leading_direction()
     A, L = np.random.default_rng(2).normal(size=(3, 5)), np.random.default_rng(3).normal(size=(3, 7))
     c = np.random.default_rng(4).normal(size=(2, 3))
     np.testing.assert_allclose(linear_mmse(A, L, c @ A, 1e-12), c @ L, atol=1e-6)
+
+
+def test_symmetric_scaler_commutes_with_the_augmentation_and_batches_move_targets():
+    from imgsci.radiative_transfer.data import DIHEDRAL, dihedral_density, dihedral_input
+    from imgsci.radiative_transfer.inversion import DihedralBatches
+    X = np.random.default_rng(2).random((5, 6, 8, 24)) * np.arange(1, 25)
+    sym, plain = InputScaler().fit(X, symmetric=True), InputScaler().fit(X)
+    for g in DIHEDRAL:
+        np.testing.assert_allclose(sym.transform(dihedral_input(X, g)), dihedral_input(sym.transform(X), g), atol=1e-4)
+    g = (1, True)
+    assert np.abs(plain.transform(dihedral_input(X, g)) - dihedral_input(plain.transform(X), g)).max() > 0.1
+    y = np.random.default_rng(3).random((5, 8, 8, 1))
+    b = DihedralBatches(X.astype(np.float32), y, batch_size=4, seed=1)
+    xb, yb = b[0]
+    for k, j in enumerate(b.order[:4]):     # input and target moved by the same symmetry
+        hits = [g for g in DIHEDRAL if np.array_equal(yb[k, ..., 0], dihedral_density(y[j, ..., 0], g))]
+        assert any(np.array_equal(xb[k], dihedral_input(X[j].astype(np.float32), g)) for g in hits)

@@ -5,6 +5,7 @@
 # %% ../../nbs/03b_radiative_transfer_data.ipynb #1d032b19
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,12 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['FAMILIES', 'RAW_SIZE', 'BORDER', 'RHO_MIN', 'RHO_MAX', 'ORIGINAL_FAMILY', 'ALL_FAMILIES', 'ORIGINAL_MIX',
-           'ORIGINAL_SPLIT', 'STAT_NAMES', 'OPPOSITE', 'CHANNELS_24', 'SDS_MAGIC', 'SDS_EDGE_CODES', 'box_smooth',
-           'islands_density', 'shapes_density', 'original_islands_density', 'original_mix', 'original_split',
-           'make_density', 'density_set', 'map_stats', 'time_rows', 'select_channels', 'network_input',
-           'flip_input_orientation', 'SdsRecord', 'sds_record_size', 'to_image_orientation', 'write_sds', 'read_sds',
-           'simulate_samples']
+           'ORIGINAL_SPLIT', 'STAT_NAMES', 'OPPOSITE', 'CHANNELS_24', 'SDS_MAGIC', 'SDS_EDGE_CODES', 'DIHEDRAL',
+           'box_smooth', 'islands_density', 'shapes_density', 'original_islands_density', 'original_mix',
+           'original_split', 'make_density', 'density_set', 'map_stats', 'time_rows', 'select_channels',
+           'network_input', 'flip_input_orientation', 'SdsRecord', 'sds_record_size', 'to_image_orientation',
+           'write_sds', 'read_sds', 'simulate_samples', 'dihedral_density', 'dihedral_channel_map', 'dihedral_input',
+           'sample_cache_key', 'cached_samples']
 
 # %% ../../nbs/03b_radiative_transfer_data.ipynb #91d91838
 from ..core import atomic_path
@@ -362,3 +364,84 @@ def simulate_samples(rho, scheme: str = "original", batch: int = 16, channels: i
     if sds_path is not None:
         write_sds(sds_path, records)
     return np.concatenate(X)
+
+# %% ../../nbs/03b_radiative_transfer_data.ipynb #331a7f42
+DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))   # (rot90 count, fliplr first): the 8 symmetries
+
+
+def dihedral_density(rho, g) -> np.ndarray:
+    "ρ (…, N, N) in image orientation moved by the symmetry g = (k, flip): `fliplr` if flip, then `rot90` k times."
+    k, flip = g
+    r = np.asarray(rho)
+    if r.shape[-1] != r.shape[-2]:
+        raise ValueError(f"dihedral_density needs square maps (…, N, N), got shape {r.shape}")
+    return np.rot90(r[..., ::-1] if flip else r, k, axes=(-2, -1))
+
+
+def _edge_cells(img) -> dict:
+    "The cells of each edge of an image in the network input's position order (top/bottom: left → right, left/right: top → bottom)."
+    return {"top": img[0, :], "bottom": img[-1, :], "left": img[:, 0], "right": img[:, -1]}
+
+
+def dihedral_channel_map(g, channels: int = 48):
+    """For the symmetry g: (index of the source channel of each of the moved input's channels, whether its positions
+    run backwards), read off an index image."""
+    idx = np.arange(64).reshape(8, 8)
+    moved, orig = _edge_cells(dihedral_density(idx, g)), _edge_cells(idx)
+    came_from, backwards = {}, {}
+    for e_new, cells in moved.items():
+        for e_old, old in orig.items():
+            if np.array_equal(cells, old) or np.array_equal(cells, old[::-1]):
+                came_from[e_new], backwards[e_new] = e_old, not np.array_equal(cells, old)
+    src48 = np.array([12 * EDGES.index(came_from[EDGES[c // 12]]) + 3 * EDGES.index(came_from[EDGES[(c % 12) // 3]]) + c % 3
+                      for c in range(48)])
+    rev48 = np.array([backwards[EDGES[(c % 12) // 3]] for c in range(48)])
+    if channels == 48:
+        return src48, rev48
+    if channels != 24:
+        raise ValueError(f"channels must be 48 or 24, got {channels!r}")
+    keep = list(CHANNELS_24)
+    return np.array([keep.index(src48[c]) for c in keep]), rev48[keep]
+
+
+def dihedral_input(X, g) -> np.ndarray:
+    "The network input (…, rows, N, 48 or 24) of the density moved by g, from the input of the unmoved density."
+    X = np.asarray(X)
+    src, rev = dihedral_channel_map(g, X.shape[-1])
+    out = X[..., src]
+    out[..., rev] = out[..., ::-1, :][..., rev]
+    return out
+
+
+# %% ../../nbs/03b_radiative_transfer_data.ipynb #2f0927b2
+def sample_cache_key(names, seed: int, scheme: str = "original", channels: int = 48, n_rows: int = 64, **solver_kw) -> str:
+    "16 hex digits naming a simulated set: its families, seed, the generator's source code, scheme and solver options."
+    import hashlib
+    import inspect
+    code = "".join(inspect.getsource(f) for f in (make_density, islands_density, shapes_density, original_islands_density,
+                                                    _finish, box_smooth, _grid, _bumps))
+    payload = json.dumps(dict(names=[str(n) for n in names], seed=int(seed), scheme=scheme, channels=int(channels),
+                              n_rows=int(n_rows), solver=sorted((k, repr(v)) for k, v in solver_kw.items()), generator=code))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cached_samples(n: int, cache_dir, seed: int = 0, families=FAMILIES, names=None, scheme: str = "original",
+                   batch: int = 16, channels: int = 48, n_rows: int = 64, progress: bool = False, **solver_kw):
+    """(ρ, families, network inputs) of `density_set(n, families, seed, names)`, simulated once into `cache_dir` under
+    `sample_cache_key` and loaded from there afterwards (both are printed)."""
+    rho, names = density_set(n, families, seed, names)
+    key = sample_cache_key(names, seed, scheme, channels, n_rows, **solver_kw)
+    path = Path(cache_dir) / f"rt_samples_{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            if not np.array_equal(z["rho"], rho.astype(np.float32)):
+                raise RuntimeError(f"{path} does not hold the densities of key {key}; delete it and rerun")
+            X = z["X"]
+        print(f"loaded {n} simulated samples from {path} (key {key})")
+        return rho, names, X
+    print(f"simulating {n} samples (key {key}) into {path}")
+    X = simulate_samples(rho, scheme, batch, channels, n_rows, progress=progress, **solver_kw)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, X=X, rho=rho.astype(np.float32), names=names)
+    return rho, names, X
+

@@ -18,7 +18,7 @@ from ..core import Stopwatch
 __all__ = ['VNET_VARIANTS', 'SCALINGS', 'M1_SEGMENTS', 'M1_HEIGHTS', 'M1_DIAMETER', 'M1_BACKGROUND', 'M1_PARAM_LOW',
            'M1_PARAM_SPAN', 'build_vnet', 'density_to_target', 'target_to_density', 'float32_ulps',
            'common_to_sample_ratio', 'imprint_fraction', 'InputScaler', 'stratified_split', 'r2_by_family',
-           'r2_per_sample', 'r2_interior', 'train_model', 'simulate_input_tf', 'simulate_inputs_tf',
+           'r2_per_sample', 'r2_interior', 'DihedralBatches', 'train_model', 'simulate_input_tf', 'simulate_inputs_tf',
            'linear_interpolation_matrix', 'GradientInversion', 'invert_by_gradient', 'simulate_inputs64',
            'InputJacobian', 'randomized_svd', 'linear_mmse', 'crenel_density', 'segments_in_front', 'm1_dataset',
            'm1_inputs', 'build_m1_cnn', 'M1RegressionScores', 'M1ClassificationScores', 'keras_r2_per_sample',
@@ -29,7 +29,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from .data import (CHANNELS_24, RHO_MAX, RHO_MIN, box_smooth, select_channels,
+from .data import (CHANNELS_24, DIHEDRAL, RHO_MAX, RHO_MIN, box_smooth, dihedral_density,
+                                            dihedral_input, select_channels,
                                             simulate_samples, time_rows)
 from .solver import EDGES, Source, split_step_p1
 
@@ -128,14 +129,16 @@ def imprint_fraction(X) -> np.ndarray:
 
 class InputScaler:
     """Input normalisation fitted on the training split: "per_feature" (default; mean and standard deviation of
-    every (time row, position, channel) over the samples), "per_quantity" (one per E, F, T) or "global_max"."""
+    every (time row, position, channel) over the samples), "per_quantity" (one per E, F, T) or "global_max".
+    `fit(X, symmetric=True)` takes the statistics over the eight symmetric copies of the samples (`dihedral_input`), so
+    that scaling commutes with the exact augmentation."""
     def __init__(self, mode: str = "per_feature"):
         if mode not in SCALINGS:
             raise ValueError(f"unknown scaling mode {mode!r}; use one of {', '.join(SCALINGS)}")
         self.mode = mode
         self.offset = self.scale = None
 
-    def fit(self, X):
+    def fit(self, X, symmetric: bool = False):
         X = np.asarray(X, np.float64)
         C = X.shape[-1]
         if self.mode == "global_max":
@@ -147,7 +150,11 @@ class InputScaler:
             std = np.array([flat[:, q == i].std() for i in range(3)])
             self.offset, self.scale = mean[q], np.where(std[q] > 0, std[q], 1.0)
         else:
-            self.offset, std = X.mean(axis=0), X.std(axis=0)
+            m1, m2 = X.mean(axis=0), (X * X).mean(axis=0)
+            if symmetric:      # moments of the orbit: the mean over g of the moved moments (g only permutes features)
+                m1 = np.mean([dihedral_input(m1, g) for g in DIHEDRAL], axis=0)
+                m2 = np.mean([dihedral_input(m2, g) for g in DIHEDRAL], axis=0)
+            self.offset, std = m1, np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
             # features that barely vary (before the wave arrives: float32 rounding only) must not be blown up:
             # floor the scale at 1e-4 of the quantity's overall spread (below the imprint, see `imprint_fraction`)
             q = np.arange(C) % 3
@@ -204,11 +211,41 @@ def r2_interior(rho_true, rho_pred, border: int = 5) -> float:
 
 
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #dd106622
+class DihedralBatches(keras.utils.PyDataset):
+    """Shuffled training batches in which every sample is moved by a random one of the eight symmetries of the square:
+    input by `dihedral_input`, density target (…, N, N, 1) by `dihedral_density` (exact for whole-edge sources)."""
+    def __init__(self, X, y, batch_size: int = 8, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.X, self.y, self.batch_size = np.asarray(X), np.asarray(y), int(batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(self.X))
+
+    def __len__(self):
+        return math.ceil(len(self.X) / self.batch_size)
+
+    def __getitem__(self, i):
+        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        gs = [DIHEDRAL[k] for k in self.rng.integers(0, len(DIHEDRAL), len(idx))]
+        X = np.stack([dihedral_input(self.X[j], g) for j, g in zip(idx, gs)])
+        y = np.stack([dihedral_density(self.y[j][..., 0], g)[..., None] for j, g in zip(idx, gs)])
+        return X, y
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.X))
+
+
 def train_model(model: keras.Model, X_train, y_train, X_val, y_val, epochs: int = 30, batch_size: int = 8,
-                learning_rate: float = 1e-3, patience: int | None = None, loss: str = "mse", verbose: int = 0):
-    "Compile `model` with `loss` + Adam and fit it; returns the Keras History (best validation weights restored)."
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+                learning_rate: float = 1e-3, patience: int | None = None, loss: str = "mse", verbose: int = 0,
+                augment: bool = False, decay: bool = False, seed: int = 0):
+    """Compile `model` with `loss` + Adam and fit it; returns the Keras History (best validation weights restored).
+    `augment`: every training batch moved by random symmetries (`DihedralBatches`); `decay`: cosine learning-rate decay."""
+    steps = math.ceil(len(X_train) / batch_size) * epochs
+    lr = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05) if decay else learning_rate
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
     callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=patience or epochs, restore_best_weights=True)]
+    if augment:
+        return model.fit(DihedralBatches(X_train, y_train, batch_size, seed), validation_data=(X_val, y_val),
+                         epochs=epochs, callbacks=callbacks, verbose=verbose)
     return model.fit(X_train, y_train, validation_data=(X_val, y_val), epochs=epochs, batch_size=batch_size,
                      shuffle=True, callbacks=callbacks, verbose=verbose)
 
