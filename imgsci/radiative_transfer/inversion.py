@@ -15,14 +15,14 @@ from sklearn.metrics import r2_score
 from ..core import Stopwatch
 
 # %% auto #0
-__all__ = ['VNET_VARIANTS', 'SCALINGS', 'M1_SEGMENTS', 'M1_HEIGHTS', 'M1_DIAMETER', 'M1_BACKGROUND', 'M1_PARAM_LOW',
+__all__ = ['VNET_VARIANTS', 'SCALINGS', 'REGIONS', 'M1_SEGMENTS', 'M1_HEIGHTS', 'M1_DIAMETER', 'M1_BACKGROUND', 'M1_PARAM_LOW',
            'M1_PARAM_SPAN', 'build_vnet', 'density_to_target', 'target_to_density', 'float32_ulps',
            'common_to_sample_ratio', 'imprint_fraction', 'InputScaler', 'stratified_split', 'r2_by_family',
-           'r2_per_sample', 'r2_interior', 'DihedralBatches', 'train_model', 'simulate_input_tf', 'simulate_inputs_tf',
-           'linear_interpolation_matrix', 'GradientInversion', 'invert_by_gradient', 'simulate_inputs64',
-           'InputJacobian', 'randomized_svd', 'linear_mmse', 'crenel_density', 'segments_in_front', 'm1_dataset',
-           'm1_inputs', 'build_m1_cnn', 'M1RegressionScores', 'M1ClassificationScores', 'keras_r2_per_sample',
-           'm1_regression_scores', 'm1_classification_scores']
+           'r2_per_sample', 'r2_interior', 'region_masks', 'r2_by_region', 'DihedralBatches', 'train_model',
+           'simulate_input_tf', 'simulate_inputs_tf', 'linear_interpolation_matrix', 'GradientInversion',
+           'invert_by_gradient', 'simulate_inputs64', 'InputJacobian', 'randomized_svd', 'linear_mmse',
+           'crenel_density', 'segments_in_front', 'm1_dataset', 'm1_inputs', 'build_m1_cnn', 'M1RegressionScores',
+           'M1ClassificationScores', 'keras_r2_per_sample', 'm1_regression_scores', 'm1_classification_scores']
 
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #df664edd
 import keras
@@ -208,6 +208,30 @@ def r2_interior(rho_true, rho_pred, border: int = 5) -> float:
         raise ValueError(f"border must lie in 0 … {(t.shape[-1] - 1) // 2}, got {border}")
     sl = (..., slice(border, t.shape[-2] - border), slice(border, t.shape[-1] - border))
     return float(r2_score(t[sl].ravel(), p[sl].ravel()))
+
+
+REGIONS = ("border_excluded", "near_edge", "centre")
+
+
+def region_masks(n: int, border: int = 5, inner: int = 16) -> dict:
+    """Pixel masks of an n×n map: `border_excluded` (all but a `border`-pixel frame, where every density is ≈ 1),
+    `near_edge` (within `inner` pixels of an edge, frame excluded) and `centre` (farther than `inner` from every edge)."""
+    if not 0 <= border < inner < n / 2:
+        raise ValueError(f"need 0 ≤ border < inner < n/2, got border={border}, inner={inner}, n={n}")
+    d = np.minimum.outer(np.minimum(np.arange(n), np.arange(n)[::-1]), np.minimum(np.arange(n), np.arange(n)[::-1]))
+    return dict(border_excluded=d >= border, near_edge=(d >= border) & (d < inner), centre=d >= inner)
+
+
+def r2_by_region(rho_true, rho_pred, families, border: int = 5, inner: int = 16) -> pd.DataFrame:
+    "`r2_by_family` with R² also over each of `region_masks` (pixels pooled), per family and for all samples."
+    t, p = np.asarray(rho_true, np.float64), np.asarray(rho_pred, np.float64)
+    tab = r2_by_family(t, p, families)
+    masks = region_masks(t.shape[-1], border, inner)
+    fam = np.asarray(families)
+    for name, m in masks.items():
+        tab[f"r2_{name}"] = [float(r2_score(t[sel][:, m].ravel(), p[sel][:, m].ravel()))
+                             for sel in [fam == f for f in tab.family[:-1]] + [np.ones(len(fam), bool)]]
+    return tab
 
 
 # %% ../../nbs/03c_radiative_transfer_inversion.ipynb #dd106622
