@@ -5,8 +5,13 @@
 Writes `<out>/<scene>.npz` for the scenes `sphere` (a glossy, striped sphere) and `torus` (a glossy,
 checkered, tilted torus: non-convex, self-occluding): ~100 training views and held-out test views on the
 upper hemisphere lit by environment map A, the same test views under environment map B (relighting
-ground truth), and the test views' albedo, shading normal and depth AOVs. Images are 8-bit sRGB with an
-alpha channel (coverage; the environment is hidden from camera rays so the background is black).
+ground truth), the test views' albedo, shading normal and depth AOVs, and the test views under A and B
+rendered with direct light only (`rgba_test_direct`, `rgba_test_b_direct`: path tracer with max_depth 2, so
+no interreflection; shadows stay, Mitsuba has no switch for them). Images are 8-bit sRGB with an alpha
+channel (coverage; the environment is hidden from camera rays so the background is black).
+
+    python scripts/render_neural_rendering_scenes.py --direct-only   # add only the direct-light views to
+                                                                     # the existing files (seconds per scene)
 
 Mitsuba is an optional extra (`pip install mitsuba`): the default study run reads the committed npz files
 and needs no renderer. The default variant `scalar_rgb` runs on any CPU; `--variant llvm_ad_rgb` is much
@@ -138,6 +143,26 @@ def to_srgb8(rgba_linear):
     return np.round(np.concatenate([rgb, alpha], -1) * 255).astype(np.uint8)
 
 
+def load_scenes(mi, name: str, env_res: int, workdir: Path, max_depth: int = 8) -> dict:
+    "The Mitsuba scenes of object `name` under environments A and B, path traced up to `max_depth`."
+    shape = shape_dict(mi, name, workdir)
+    return {k: mi.load_dict({"type": "scene", "integrator": {"type": "path", "max_depth": max_depth, "hide_emitters": True},
+                             "emitter": {"type": "envmap", "bitmap": mi.Bitmap(make_envmap(k, env_res))}, "object": shape})
+            for k in ("a", "b")}
+
+
+def render_direct(name: str, res: int, spp: int, n_test: int, variant: str, env_res: int) -> tuple[dict, float]:
+    "The test views under A and B with direct light only (max_depth 2: no interreflection), and the seconds taken."
+    import mitsuba as mi
+    pick_variant(mi, variant)
+    test_cams = hemisphere_cameras(n_test, RADIUS, 10, 70, seed=1234)
+    with tempfile.TemporaryDirectory() as tmp, Stopwatch() as sw:
+        scenes = load_scenes(mi, name, env_res, Path(tmp), max_depth=2)
+        out = dict(rgba_test_direct=to_srgb8(render_views(mi, scenes["a"], test_cams, res, spp, seed=40_000)),
+                   rgba_test_b_direct=to_srgb8(render_views(mi, scenes["b"], test_cams, res, spp, seed=50_000)))
+    return out, sw.wall
+
+
 def render_scene(name: str, res: int, spp: int, n_train: int, n_test: int, variant: str, env_res: int) -> dict:
     import mitsuba as mi
     variant = pick_variant(mi, variant)
@@ -145,10 +170,7 @@ def render_scene(name: str, res: int, spp: int, n_train: int, n_test: int, varia
     train_cams = hemisphere_cameras(n_train, RADIUS, 5, 80)
     test_cams = hemisphere_cameras(n_test, RADIUS, 10, 70, seed=1234)
     with tempfile.TemporaryDirectory() as tmp:
-        shape = shape_dict(mi, name, Path(tmp))
-        scenes = {k: mi.load_dict({"type": "scene", "integrator": {"type": "path", "max_depth": 8, "hide_emitters": True},
-                                   "emitter": {"type": "envmap", "bitmap": mi.Bitmap(env)}, "object": shape})
-                  for k, env in (("a", env_a), ("b", env_b))}
+        scenes = load_scenes(mi, name, env_res, Path(tmp))
         aov = mi.load_dict({"type": "aov", "aovs": "albedo:albedo,nn:sh_normal,dd:depth"})
         with Stopwatch() as sw:
             rgba_train = render_views(mi, scenes["a"], train_cams, res, spp)
@@ -166,7 +188,9 @@ def render_scene(name: str, res: int, spp: int, n_train: int, n_test: int, varia
                 albedo_aov="diffuse reflectance of the principled BSDF (linear), coverage-weighted at edges",
                 normal_aov="shading normal, world space, stored as (n + 1) / 2",
                 licence="CC0: rendered by this repository's script from procedural scenes")
-    return dict(rgba_train=to_srgb8(rgba_train), rgba_test=to_srgb8(rgba_test), rgba_test_b=to_srgb8(rgba_test_b),
+    direct, direct_seconds = render_direct(name, res, spp, n_test, variant, env_res)
+    meta.update(seconds=round(seconds + direct_seconds, 1), direct="rgba_test_direct, rgba_test_b_direct: path, max_depth 2")
+    return dict(rgba_train=to_srgb8(rgba_train), rgba_test=to_srgb8(rgba_test), rgba_test_b=to_srgb8(rgba_test_b), **direct,
                 albedo_test=np.round(np.clip(albedo / cover, 0, 1) * 255).astype(np.uint8),
                 normal_test=np.round(np.clip((normal / np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-6)
                                               + 1) / 2, 0, 1) * 255).astype(np.uint8),
@@ -186,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=10)
     p.add_argument("--env-res", type=int, default=64, help="height of the lat-long environment maps (width = 2×)")
     p.add_argument("--variant", default="scalar_rgb")
+    p.add_argument("--direct-only", action="store_true",
+                   help="add only the direct-light test views to the existing <out>/<scene>.npz (its resolution and spp)")
     a = p.parse_args(argv)
     try:
         import mitsuba  # noqa: F401
@@ -194,6 +220,22 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in a.scenes:
+        if a.direct_only:
+            path = out / f"{name}.npz"
+            if not path.exists():
+                p.error(f"--direct-only adds to an existing file, and {path} does not exist: render it first without the flag")
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays["meta"]))
+            direct, seconds = render_direct(name, meta["resolution"], meta["spp"], len(arrays["c2w_test"]), a.variant,
+                                            arrays["envmap_a"].shape[0])
+            arrays.update(direct)
+            meta["direct"] = f"rgba_test_direct, rgba_test_b_direct: path, max_depth 2, {round(seconds, 1)} s"
+            arrays["meta"] = np.array(json.dumps(meta))
+            with atomic_path(path) as tmp:
+                np.savez_compressed(tmp, **arrays)
+            print(f"{name}: direct-light views in {seconds:.1f} s -> {path}")
+            continue
         arrays = render_scene(name, a.res, a.spp, a.n_train, a.n_test, a.variant, a.env_res)
         with atomic_path(out / f"{name}.npz") as tmp:
             np.savez_compressed(tmp, **arrays)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 # %% auto #0
 __all__ = ['NERD_PROFILES', 'build_sampling_mlp', 'build_decomposition_mlp', 'build_brdf_autoencoder', 'straight_through_clip',
-           'NeRD', 'make_nerd_step', 'train_nerd', 'run_nerd']
+           'NeRD', 'guarded_update', 'make_nerd_step', 'train_nerd', 'run_nerd']
 
 # %% ../../nbs/04d_neural_rendering_nerd.ipynb #6c567d88
 from ..core import set_seed
@@ -145,6 +145,26 @@ class NeRD:
                     weights=w)
 
 # %% ../../nbs/04d_neural_rendering_nerd.ipynb #ef30e9ce
+def guarded_update(opt, grads, variables, clipnorm: float, loss, skipped) -> tf.Tensor:
+    """Apply `grads` clipped to global norm `clipnorm`, or skip the update (counted in `skipped`) if the loss or the global norm is not finite; returns the unclipped norm.
+
+    Checking each gradient for NaN/inf is not enough: finite gradients whose squares sum beyond the float32
+    range have an infinite global norm, and `tf.clip_by_global_norm` then returns NaN for every gradient."""
+    clipped, norm = tf.clip_by_global_norm(grads, clipnorm)
+    finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
+
+    def update():
+        opt.apply_gradients(zip(clipped, variables))
+        return tf.constant(True)
+
+    def skip():
+        skipped.assign_add(1)
+        return tf.constant(False)
+
+    tf.cond(finite, update, skip)
+    return norm
+
+
 def make_nerd_step(model: NeRD, rays: dict, batch: int, lr: float, warmup: int = 100, clipnorm: float = 1.0,
                    residual_weight: float = 1e-2, smooth_weight: float = 1e-2, mask_weight: float = 1.0):
     "A compiled NeRD training step with gradient clipping and a non-finite-update guard."
@@ -170,22 +190,8 @@ def make_nerd_step(model: NeRD, rays: dict, batch: int, lr: float, warmup: int =
             regular = (residual_weight * tf.reduce_mean(model.env_residual ** 2)
                        + tf.reduce_sum(exposure ** 2) + 1e-3 * tf.reduce_mean(model.log_exposure ** 2))
             loss = mse_coarse + mse + mask_weight * mask_loss + smooth_weight * smooth + regular
-        grads, grad_norm = tf.clip_by_global_norm(tape.gradient(loss, variables), clipnorm)
-        # the global norm is finite only if every gradient is finite AND the sum of their squares does not overflow
-        # float32; when it is infinite, clip_by_global_norm returns NaN for every gradient, which a check of the
-        # unclipped gradients alone lets through into the weights
-        finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
         opt.learning_rate.assign(schedule(opt.iterations))
-
-        def update():
-            opt.apply_gradients(zip(grads, variables))
-            return tf.constant(True)
-
-        def skip():
-            skipped.assign_add(1)
-            return tf.constant(False)
-
-        tf.cond(finite, update, skip)
+        grad_norm = guarded_update(opt, tape.gradient(loss, variables), variables, clipnorm, loss, skipped)
         return dict(loss=loss, mse=mse, mse_coarse=mse_coarse, mask_loss=mask_loss, smooth=smooth,
                     grad_norm=grad_norm, skipped_updates=skipped)
     return step

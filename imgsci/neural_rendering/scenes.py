@@ -259,7 +259,8 @@ SCENE_ROUGHNESS = dict(sphere=0.3, torus=0.25)
 SCENE_PROFILES = dict(quick=dict(factor=1, test_views=None, max_scenes=None),
                       full=dict(factor=1, test_views=None, max_scenes=None),
                       smoke=dict(factor=4, test_views=2, max_scenes=1))
-_TEST_KEYS = ("rgb_test", "mask_test", "rgb_test_b", "mask_test_b", "albedo_test", "normal_test", "depth_test", "c2w_test")
+_TEST_KEYS = ("rgb_test", "mask_test", "rgb_test_b", "mask_test_b", "rgb_test_direct", "mask_test_direct",
+              "rgb_test_b_direct", "mask_test_b_direct", "albedo_test", "normal_test", "depth_test", "c2w_test")
 
 
 def _downsample(images, factor: int):
@@ -280,7 +281,10 @@ def load_scene(name: str, factor: int = 1, root=None, test_views: int | None = N
         raw = {k: z[k] for k in z.files}
     as_float = lambda a: a.astype(np.float32) / 255.0
     scene = dict(name=name, meta=json.loads(str(raw["meta"])))
-    for split in ("train", "test", "test_b"):
+    # the "…_direct" test views (direct light only, no interreflection) are optional: older files lack them
+    for split in ("train", "test", "test_b", "test_direct", "test_b_direct"):
+        if f"rgba_{split}" not in raw and split.endswith("_direct"):
+            continue
         rgba = _downsample(as_float(raw[f"rgba_{split}"]), factor)
         scene[f"rgb_{split}"], scene[f"mask_{split}"] = rgba[..., :3], rgba[..., 3]
     scene["albedo_test"] = _downsample(as_float(raw["albedo_test"]), factor)

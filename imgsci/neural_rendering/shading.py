@@ -16,7 +16,7 @@ __all__ = ['IRRADIANCE_LAMBDA_RANGE', 'IRRADIANCE_GRID', 'COS_LOBE_SHARPNESS', '
            'fibonacci_sphere', 'ggx_distribution', 'schlick_fresnel', 'smith_shadowing', 'microfacet_brdf', 'render_sg',
            'sphere_intersect', 'sphere_trace', 'sdf_gradient', 'eikonal_residual', 'differentiable_surface_point',
            'latlong_directions', 'latlong_solid_angles', 'sg_envmap', 'sg_params_from_raw', 'init_sg_raw',
-           'fit_sg_envmap', 'sg_power', 'relighting_env', 'render_and_relight']
+           'fit_sg_envmap', 'sg_power', 'relighting_env', 'render_and_relight', 'oracle_sg_views']
 
 # %% ../../nbs/04b_neural_rendering_shading.ipynb #3f509aa2
 import numpy as np
@@ -24,7 +24,7 @@ import tensorflow as tf
 
 # %% ../../nbs/04b_neural_rendering_shading.ipynb #12a6fff0
 from ..core import set_seed
-from .scenes import evaluate_views, render_views
+from .scenes import camera_rays, evaluate_views, render_views, srgb_encode
 
 # %% ../../nbs/04b_neural_rendering_shading.ipynb #a1b7308f
 def positional_encoding(x, n_freqs: int, include_input: bool = True):
@@ -386,3 +386,19 @@ def render_and_relight(model, scene: dict, n_lobes: int, fit_steps: int, seed: i
     raw = evaluate_views(scene, views["rgb"], relit["rgb_unscaled"])
     metrics.update({k.replace("_b", "_b_unscaled"): v for k, v in raw.items() if "_b" in k})
     return views, relit, metrics, learned
+
+# %% ../../nbs/04b_neural_rendering_shading.ipynb #0a11e0c2
+def oracle_sg_views(scene: dict, env_key: str = "a", roughness: float = 0.3, f0: float = 0.04, n_lobes: int = 128,
+                    fit_steps: int = 300, seed: int = 0) -> np.ndarray:
+    "The test views shaded by `render_sg` from the true normals, albedo and roughness under the SG fit of `envmap_<env_key>` (sRGB, black background)."
+    if env_key not in ("a", "b"):
+        raise ValueError(f"env_key must be 'a' or 'b', got {env_key!r}")
+    env = tuple(tf.constant(p) for p in fit_sg_envmap(scene[f"envmap_{env_key}"], n_lobes, fit_steps, seed=seed))
+    out = []
+    for c2w, normal, albedo, mask in zip(scene["c2w_test"], scene["normal_test"], scene["albedo_test"], scene["mask_test"]):
+        _, d = camera_rays(scene["height"], scene["width"], scene["focal"], c2w)
+        n, d, a = (tf.constant(x.reshape(-1, 3), tf.float32) for x in (normal, d, albedo))
+        rows = tf.shape(n)[0]
+        rad = render_sg(n, -d, *env, a, tf.fill([rows, 1], float(f0)), tf.fill([rows, 1], float(roughness)))
+        out.append(srgb_encode(tf.clip_by_value(rad, 0, 1)).numpy().reshape(albedo.shape) * (mask[..., None] > 0.5))
+    return np.stack(out)
