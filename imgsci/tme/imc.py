@@ -23,10 +23,11 @@ from ..core import binary_metrics, set_seed, smooth_field
 __all__ = ['CHEMOKINES', 'TCELL_MARKERS', 'PAPER_PLANTED', 'SIM_CHANNELS', 'CELL_TYPES', 'SECRETION', 'PROTEINS', 'PROTEIN_NAMES',
            'NUCLEAR', 'NICHE_GROUPS', 'INDUCED_BY_TCELLS', 'ADVERSARIAL', 'MARKER_ALIASES', 'parse_planted',
            'SimConfig', 'diffuse', 'patch_tiles', 'tile_sums', 'tcell_patches', 'check_image', 'Cohort',
-           'resolve_channels', 'simulate_cohort', 'oracle_tcells', 'read_stack', 'read_hoch_panel', 'load_hoch2022',
-           'load_danenberg2022', 'smooth_channels', 'marker_thresholds', 'tcell_pixels', 'Patches', 'make_patches',
-           'transform', 'inverse_transform', 'ZScore', 'mlp_inputs', 'cnn_inputs', 'patient_split', 'build_mlp',
-           'build_cnn', 'validation_mcc', 'TrainHistory', 'train_classifier', 'FitResult', 'fit_once']
+           'resolve_channels', 'simulate_cohort', 'oracle_tcells', 'canonical_channel', 'canonical_channels',
+           'stack_shape', 'check_memory', 'read_stack', 'read_hoch_panel', 'load_hoch2022', 'load_danenberg2022',
+           'smooth_channels', 'marker_thresholds', 'tcell_pixels', 'Patches', 'make_patches', 'transform',
+           'inverse_transform', 'ZScore', 'mlp_inputs', 'cnn_inputs', 'patient_split', 'build_mlp', 'build_cnn',
+           'validation_mcc', 'TrainHistory', 'train_classifier', 'FitResult', 'fit_once']
 
 # %% ../../nbs/02a_tme_imc.ipynb #6fafc76d
 CHEMOKINES = ("CCL2", "CCL4", "CCL8", "CCL18", "CCL19", "CCL22", "CXCL8", "CXCL9", "CXCL10", "CXCL12", "CXCL13")
@@ -457,6 +458,51 @@ def oracle_tcells(cohort: Cohort, therapy=None, images=None) -> list:
 # %% ../../nbs/02a_tme_imc.ipynb #a22e15cf
 MARKER_ALIASES = {"PD1": ("PD-1", "PDCD1", "CD279", "PD1_mRNA"), "CD8": ("CD8a", "CD8A"), "LAG3": ("LAG-3", "CD223"),
                   "CD3": ("CD3e", "CD3E", "CD3epsilon")}
+_METALS = ("La Ce Pr Nd Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta In Ir Pt Y Bi Cd Rh Ru Pd Sn Ba Cs Xe Hg Pb Os Au Ag Te I").split()
+_MET = "(?:" + "|".join(sorted(_METALS, key=len, reverse=True)) + ")"
+_TAG_RE = re.compile(rf"^\(?(?:{_MET}\d{{2,3}}|\d{{2,3}}{_MET})(?:Di)?\)?[\s_\-:]+|[\s_\-:(]+(?:{_MET}\d{{2,3}}|\d{{2,3}}{_MET})(?:Di)?\)?$")
+_ASSAY_RE = re.compile(r"[\s_\-]*(?:mRNA|RNA|protein|prot)$", re.IGNORECASE)
+
+
+def _squash(name: str) -> str: return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def canonical_channel(name: str) -> str:
+    "The panel name behind a published channel label ('CXCL9_mRNA', 'Yb174_CXCL9', 'cxcl9 (174Yb)', 'PD-1' → 'CXCL9', 'PD1')."
+    s = str(name).strip()
+    for _ in range(2):
+        s = _ASSAY_RE.sub("", _TAG_RE.sub("", s)).strip()
+    known = {_squash(k): k for k in (*CHEMOKINES, *PROTEIN_NAMES, *TCELL_MARKERS)}
+    known.update({_squash(a): k for k, al in MARKER_ALIASES.items() for a in al})
+    return known.get(_squash(s), s)
+
+
+def canonical_channels(names) -> tuple:
+    """`canonical_channel` of every label; where two labels share a name (CXCL13 protein and CXCL13_mRNA) a chemokine's
+    name goes to its mRNA channel (what the counterfactual moves) and the other label keeps its own."""
+    names = [str(n) for n in names]
+    canon = [canonical_channel(n) for n in names]
+    rna = [bool(re.search(r"rna$", _TAG_RE.sub("", n).strip(), re.IGNORECASE)) for n in names]
+    owner = {}
+    for i, c in enumerate(canon):
+        if c not in owner or (c in CHEMOKINES and rna[i] and not rna[owner[c]]):
+            owner[c] = i
+    return tuple(c if owner[c] == i else (names[i] if names[i] != c else f"{c}_protein") for i, c in enumerate(canon))
+
+
+def stack_shape(path) -> tuple:
+    "The shape of a TIFF's first series without reading its pixels."
+    import tifffile
+    with tifffile.TiffFile(str(path)) as tf:
+        return tuple(tf.series[0].shape)
+
+
+def check_memory(files, max_gb: float, what: str) -> None:
+    "Refuse to load stacks whose float32 copies exceed `max_gb` GiB, naming `max_images` as the fix."
+    need = sum(int(np.prod(stack_shape(f))) for f in files) * 4 / 2 ** 30
+    if need > max_gb:
+        raise MemoryError(f"{len(files)} {what} stacks need {need:.1f} GiB as float32, over max_gb={max_gb}; "
+                          f"pass max_images= (e.g. {max(1, int(len(files) * max_gb / need))}) or raise max_gb")
 
 
 def read_stack(path, n_channels: int) -> np.ndarray:
@@ -498,8 +544,20 @@ def read_hoch_panel(path) -> tuple:
     return tuple(str(t) for t in panel[target])
 
 
-def load_hoch2022(data_dir, panel: str = "rna", panel_csv=None, patients_csv=None, max_images=None) -> Cohort:
-    "Load the Hoch et al. 2022 melanoma IMC images (CellProfiler `cpout` layout) as a `Cohort`."
+def _find_patient_table(dirs, panel: str):
+    "The table that maps cores to patients: `clinical_data_<PANEL>.csv` (the published name) or any `*clinical*`/`*patient*` CSV."
+    cands = [q for d in dirs for pat in (f"clinical_data_{panel.upper()}.csv", "*clinical*.csv", "*patient*.csv")
+             for q in sorted(Path(d).glob(pat))]
+    if not cands:
+        raise FileNotFoundError(f"no patient table (clinical_data_{panel.upper()}.csv, mapping ImageNumber or Description "
+                                f"to PatientID) in {', '.join(map(str, dirs))}: without it cores of one patient would "
+                                "land on both sides of the split; pass patients_csv=")
+    return cands[0]
+
+
+def load_hoch2022(data_dir, panel: str = "rna", panel_csv=None, patients_csv=None, max_images=None,
+                  max_gb: float = 16.0) -> Cohort:
+    "Load the Hoch et al. 2022 melanoma IMC images (CellProfiler `cpout` layout) as a `Cohort`; a patient table is required."
     data_dir = Path(data_dir)
     cpout = next((p for p in (data_dir / "full_data" / panel / "cpout", data_dir / panel / "cpout", data_dir / "cpout",
                               data_dir) if (p / "Image.csv").exists()), None)
@@ -512,33 +570,29 @@ def load_hoch2022(data_dir, panel: str = "rna", panel_csv=None, patients_csv=Non
         if not cands:
             raise FileNotFoundError(f"no panel table (*panel*.csv) near {cpout}; pass panel_csv=")
         panel_csv = cands[0]
-    channels = read_hoch_panel(panel_csv)
+    channels = canonical_channels(read_hoch_panel(panel_csv))
     info = pd.read_csv(cpout / "Image.csv")
     fcol = _pick(info, ("FileName_SpillCorrected", "FileName_FullStack", "FileName_full"), f"{cpout / 'Image.csv'}")
     dcol = _pick(info, ("Metadata_Description", "Description", "ImageNumber"), f"{cpout / 'Image.csv'}")
     if max_images:
         info = info.head(int(max_images))
-    images = [read_stack(cpout / f, len(channels)) for f in info[fcol]]
-    desc = info[dcol].astype(str).tolist()
-    if patients_csv is not None:
-        pmap = pd.read_csv(patients_csv)
-        key, pid = _pick(pmap, ("Description", "Metadata_Description"), str(patients_csv)), \
-            _pick(pmap, ("PatientID", "patient", "Patient"), str(patients_csv))
-        lookup = dict(zip(pmap[key].astype(str), pmap[pid].astype(str)))
-        missing = [d for d in desc if d not in lookup]
-        if missing:
-            raise ValueError(f"{len(missing)} images have no patient in {patients_csv}, e.g. {missing[:3]}")
-        patients = [lookup[d] for d in desc]
-    else:
-        import warnings
-        warnings.warn("no patients_csv: every core is treated as its own patient (splits stay leak-free only "
-                      "if each patient has one core)")
-        patients = desc
-    meta = pd.DataFrame(dict(image_id=desc, patient=patients))
+    patients_csv = patients_csv or _find_patient_table((data_dir, cpout, cpout.parent), panel)
+    pmap = pd.read_csv(patients_csv)
+    key = _pick(pmap, ("ImageNumber", "Description", "Metadata_Description"), f"patient table {patients_csv}")
+    pid = _pick(pmap, ("PatientID", "Patient_ID", "patient", "Patient"), f"patient table {patients_csv}")
+    ikey = "ImageNumber" if key == "ImageNumber" else dcol
+    lookup = dict(zip(pmap[key].astype(str), pmap[pid].astype(str)))
+    missing = [d for d in info[ikey].astype(str) if d not in lookup]
+    if missing:
+        raise ValueError(f"{len(missing)} images have no patient in {patients_csv} (by {key}), e.g. {missing[:3]}")
+    check_memory([cpout / f for f in info[fcol]], max_gb, "Hoch 2022")
+    scale = info["Scaling_FullStack"].astype(float).to_numpy() if "Scaling_FullStack" in info.columns else np.ones(len(info))
+    images = [read_stack(cpout / f, len(channels)) * np.float32(k) for f, k in zip(info[fcol], scale)]
+    meta = pd.DataFrame(dict(image_id=info[dcol].astype(str).tolist(), patient=[lookup[d] for d in info[ikey].astype(str)]))
     return Cohort(images, channels, meta)
 
 
-def load_danenberg2022(data_dir, max_images=None) -> Cohort:
+def load_danenberg2022(data_dir, max_images=None, max_gb: float = 16.0) -> Cohort:
     "Load the Danenberg et al. 2022 breast IMC stacks (`*_FullStack.tiff` + `markerStackOrder.csv`) as a `Cohort`."
     data_dir = Path(data_dir)
     root = data_dir / "MBTMEIMCPublic" if (data_dir / "MBTMEIMCPublic").exists() else data_dir
@@ -549,11 +603,12 @@ def load_danenberg2022(data_dir, max_images=None) -> Cohort:
     names = [c for c in order.columns if c.lower() not in ("isotope", "metal", "index", "channel", "unnamed: 0")]
     if not names:
         raise ValueError(f"{order_path} has no marker-name column besides {list(order.columns)}")
-    channels = tuple(order[names[0]].astype(str))
+    channels = canonical_channels(order[names[0]].astype(str))
     files = sorted((root / "Images").glob("*_FullStack.tiff")) or sorted(root.glob("*_FullStack.tiff"))
     if not files:
         raise FileNotFoundError(f"no *_FullStack.tiff under {root / 'Images'} or {root}")
     files = files[: int(max_images)] if max_images else files
+    check_memory(files, max_gb, "Danenberg 2022")
     images = [read_stack(f, len(channels)) for f in files]
     ids = [f.name[: -len("_FullStack.tiff")] for f in files]
     patients = [(re.match(r"(MB-?\d+)", i) or re.match(r"([^_]+)", i)).group(1) for i in ids]
@@ -567,18 +622,28 @@ def smooth_channels(img, sigma: float = 1.0):
 
 def marker_thresholds(cohort: Cohort, markers=TCELL_MARKERS, k: float = 15.0, sigma: float = 1.0,
                       max_pixels: int = 200_000, seed: int = 0) -> dict:
-    "Per-marker positivity threshold: median + k·1.4826·MAD of the smoothed channel over a pixel sample."
+    """Per-marker positivity threshold: median + k·1.4826·MAD of the smoothed channel over a pixel sample. On a sparse
+    channel (MAD 0: most pixels empty) the same rule runs over the sampled pixels that hold a count, so the threshold
+    cannot collapse onto 0 and flag every stray count."""
     idx = resolve_channels(cohort.channels, markers, MARKER_ALIASES)
     rng = np.random.default_rng(seed)
     per = max(1, max_pixels // len(cohort))
-    vals = []
+    vals, raws = [], []
     for im in cohort.images:
         sm = smooth_channels(im[..., idx], sigma).reshape(-1, len(idx))
-        vals.append(sm[rng.choice(len(sm), min(per, len(sm)), replace=False)])
-    v = np.concatenate(vals)
+        pick = rng.choice(len(sm), min(per, len(sm)), replace=False)
+        vals.append(sm[pick]); raws.append(im[..., idx].reshape(-1, len(idx))[pick])
+    v, raw = np.concatenate(vals), np.concatenate(raws)
     med = np.median(v, 0)
     mad = 1.4826 * np.median(np.abs(v - med), 0)
-    return dict(zip(markers, (med + k * np.maximum(mad, 1e-6)).tolist()))
+    for j in np.nonzero(mad <= 1e-6 * np.maximum(np.abs(v).max(0), 1e-30))[0]:
+        held = v[raw[:, j] > np.median(raw[:, j]), j]
+        if len(held) < 2 or np.ptp(held) == 0:
+            raise ValueError(f"marker {markers[j]!r} is flat over the sampled pixels (median {med[j]:g}); it cannot label "
+                             "T cells: drop it from the markers")
+        med[j] = np.median(held)
+        mad[j] = 1.4826 * np.median(np.abs(held - med[j]))
+    return dict(zip(markers, (med + k * mad).tolist()))
 
 
 def tcell_pixels(img, channels, thresholds: dict, sigma: float = 1.0):
