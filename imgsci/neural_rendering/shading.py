@@ -388,17 +388,14 @@ def render_and_relight(model, scene: dict, n_lobes: int, fit_steps: int, seed: i
     return views, relit, metrics, learned
 
 # %% ../../nbs/04b_neural_rendering_shading.ipynb #0a11e0c2
-def oracle_sg_views(scene: dict, env_key: str = "a", roughness: float = 0.3, f0: float = 0.04, n_lobes: int = 128,
-                    fit_steps: int = 300, seed: int = 0) -> np.ndarray:
-    "The test views shaded by `render_sg` from the true normals, albedo and roughness under the SG fit of `envmap_<env_key>` (sRGB, black background)."
-    if env_key not in ("a", "b"):
-        raise ValueError(f"env_key must be 'a' or 'b', got {env_key!r}")
-    env = tuple(tf.constant(p) for p in fit_sg_envmap(scene[f"envmap_{env_key}"], n_lobes, fit_steps, seed=seed))
+def oracle_sg_views(scene: dict, env, roughness: float = 0.3, f0: float = 0.04) -> np.ndarray:
+    "The test views shaded by `render_sg` from the true normals, albedo and roughness under the SG environment `env` (axis, λ, μ; sRGB, black background)."
+    env = tuple(tf.constant(p, tf.float32) for p in env)
     out = []
     for c2w, normal, albedo, mask in zip(scene["c2w_test"], scene["normal_test"], scene["albedo_test"], scene["mask_test"]):
         _, d = camera_rays(scene["height"], scene["width"], scene["focal"], c2w)
         n, d, a = (tf.constant(x.reshape(-1, 3), tf.float32) for x in (normal, d, albedo))
         rows = tf.shape(n)[0]
         rad = render_sg(n, -d, *env, a, tf.fill([rows, 1], float(f0)), tf.fill([rows, 1], float(roughness)))
-        out.append(srgb_encode(tf.clip_by_value(rad, 0, 1)).numpy().reshape(albedo.shape) * (mask[..., None] > 0.5))
+        out.append(srgb_encode(rad).numpy().reshape(albedo.shape) * (mask[..., None] > 0.5))
     return np.stack(out)
