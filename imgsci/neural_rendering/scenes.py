@@ -380,7 +380,8 @@ def train_loop(step, steps: int, log_every: int = 50, eval_every: int = 0, eval_
     """Run `step()` `steps` times; every `log_every` steps log loss, PSNR and steps/s (and `eval_fn()` every `eval_every`).
 
     The step's outputs stay tensors between log points: converting them to Python numbers every step would
-    force a device-to-host sync per step and starve a GPU. Non-finite losses are caught at the next log point.
+    force a device-to-host sync per step and starve a GPU. Non-finite losses are caught at the next log point:
+    fatal for a step without a guard, counted (`non_finite_losses`) for one whose logs report `skipped_updates`.
     Returns (history, seconds of training and evaluation)."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
@@ -394,15 +395,19 @@ def train_loop(step, steps: int, log_every: int = 50, eval_every: int = 0, eval_
         since += 1
         if i % log_every == 0 or i == steps:
             logs = {k: float(v) for k, v in logs.items()}                      # the one host sync per log point
-            finite = bool(tf.reduce_all(tf.math.is_finite(tf.stack(losses))))
-            mse = float(tf.reduce_mean(tf.stack(mses)))
+            ok = tf.math.is_finite(tf.stack(losses))
+            n_bad = since - int(tf.reduce_sum(tf.cast(ok, tf.int32)))
             wall = time.perf_counter() - start
             elapsed += wall
-            if not finite:
+            # a guarded step (one that reports `skipped_updates`) has skipped the update of a non-finite batch and
+            # may go on; an unguarded one has written it into the weights, and a whole interval of them is divergence
+            if n_bad and ("skipped_updates" not in logs or n_bad == since):
                 bad = next(k for k, v in enumerate(losses) if not np.isfinite(float(v)))
                 raise FloatingPointError(f"the loss became {float(losses[bad])} at step {i - since + 1 + bad}; "
                                          "lower the learning rate")
-            row = dict(step=i, **logs, train_psnr=psnr_from_mse(mse), seconds=elapsed, steps_per_s=since / wall)
+            mse = float(tf.reduce_mean(tf.boolean_mask(tf.stack(mses), ok)))
+            row = dict(step=i, **logs, train_psnr=psnr_from_mse(mse), seconds=elapsed, steps_per_s=since / wall,
+                       non_finite_losses=n_bad)
             losses, mses, since = [], [], 0
             if eval_fn is not None and eval_every and (i % eval_every == 0 or i == steps):
                 t_eval = time.perf_counter()
