@@ -5,14 +5,14 @@
 # %% ../../nbs/02b_tme_counterfactuals.ipynb #3ee1d890
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
 from ..core import mean_ci, prf
-from .imc import (CELL_TYPES, CHEMOKINES, SECRETION, FitResult, Patches, inverse_transform, oracle_tcells,
+from .imc import (CELL_TYPES, CHEMOKINES, SECRETION, FitResult, Patches, fit_once, inverse_transform, oracle_tcells,
                             parse_planted, patch_tiles, tcell_patches, transform)
 
 # %% auto #0
@@ -20,8 +20,9 @@ __all__ = ['METRICS', 'PAPER_TABLE1', 'kappa_for', 'class_trees', 'nearest_proto
            'relative_changes', 'therapy_table', 'wilson', 'stability_selection', 'false_target_bound', 'therapy_dict',
            'therapy_string', 'Recovery', 'recovery', 'scale_channels', 'model_inputs', 'chemokine_levels',
            'TherapyDiscovery', 'discover_therapy', 'infiltration', 'oracle_infiltration', 'fold_change',
-           'InfiltrationAssay', 'cell_type_changes', 'changed_on_producers', 'random_planted_sets', 'recover_mechanism',
-           'metrics_string', 'retrain_table']
+           'InfiltrationAssay', 'without_channels', 'ChemokineSignal', 'chemokine_signal', 'gate_targets',
+           'cell_type_changes', 'changed_on_producers', 'random_planted_sets', 'recover_mechanism', 'metrics_string',
+           'retrain_table']
 
 # %% ../../nbs/02b_tme_counterfactuals.ipynb #f2b3d37c
 def kappa_for(p: float) -> float:
@@ -408,6 +409,59 @@ class InfiltrationAssay:
         return (fold_change(self.predicted(therapy), self.predicted_before),
                 fold_change(self.oracle(therapy), self.oracle_before))
 
+# %% ../../nbs/02b_tme_counterfactuals.ipynb #1ee7ef72
+def without_channels(patches: Patches, names) -> Patches:
+    "A copy of `patches` with the channels `names` left out (the drop-column control)."
+    drop = set(names)
+    keep = [i for i, c in enumerate(patches.channels) if c not in drop]
+    if len(keep) == len(patches.channels):
+        raise ValueError(f"none of {sorted(drop)} is among the channels {list(patches.channels)}")
+    if not keep:
+        raise ValueError("leaving out those channels leaves none for the classifier")
+    return replace(patches, x=patches.x[..., keep], channels=tuple(patches.channels[i] for i in keep))
+
+
+@dataclass
+class ChemokineSignal:
+    "Test AUCs of classifiers with and without the chemokine channels, paired by retrain (same split, same seed)."
+    auc_with: np.ndarray
+    auc_without: np.ndarray
+    min_gain: float = 0.05
+
+    @property
+    def gain(self) -> np.ndarray: return np.asarray(self.auc_with, float) - np.asarray(self.auc_without, float)
+
+    @property
+    def present(self) -> bool:
+        "Whether the chemokines add at least `min_gain` test AUC, on average over the retrains."
+        return len(self.gain) > 0 and float(np.mean(self.gain)) >= self.min_gain
+
+    @property
+    def reason(self) -> str:
+        "Why no target may be named ('' when the chemokines carry signal)."
+        return "" if self.present else (f"the chemokines add {np.mean(self.gain):+.3f} test AUC to the other channels "
+                                         f"(< {self.min_gain}): the classifier has no chemokine signal to explain")
+
+
+def chemokine_signal(patches: Patches, names, seeds, auc_with, fit_kw: dict, min_gain: float = 0.05) -> ChemokineSignal:
+    "Retrain the MLP of each seed in `seeds` without the chemokines `names`; pair its test AUC with `auc_with`."
+    reduced = without_channels(patches, names)
+    without = []
+    for s in seeds:
+        f = fit_once(reduced, "mlp", seed=s, **fit_kw)
+        without.append(f.metrics[0.5]["auc"])
+        del f
+    return ChemokineSignal(np.asarray(auc_with, float), np.asarray(without, float), min_gain)
+
+
+def gate_targets(table: pd.DataFrame, signal: ChemokineSignal) -> pd.DataFrame:
+    "The therapy table with every target switched off when `signal` finds no chemokine signal."
+    t = table.copy()
+    t["auc_gain_of_chemokines"] = float(np.mean(signal.gain)) if len(signal.gain) else float("nan")
+    if not signal.present:
+        t["target"], t["direction"] = False, "0"
+    return t
+
 # %% ../../nbs/02b_tme_counterfactuals.ipynb #ed5c64ba
 def cell_type_changes(fit: FitResult, patches: Patches, found: TherapyDiscovery, instances, cell_type_maps) -> pd.DataFrame:
     "Change of chemokine counts per explained patch on each cell type (rows) beneath the CNN's pixel counterfactuals."
@@ -446,8 +500,9 @@ def random_planted_sets(n_sets: int, seed: int = 2026, sizes=(1, 4)) -> list:
 
 
 def recover_mechanism(planted: str, seed: int, sim: dict, fit: dict, cf: dict, n_retrains: int = 2, n_boot: int = 50,
-                      threshold: float = 0.8, p: float = 0.8) -> dict:
-    "Simulate a cohort with `planted`, train `n_retrains` MLPs, read the therapy by stability selection; one row of the recovery table."
+                      threshold: float = 0.8, p: float = 0.8, min_gain: float | None = 0.05) -> dict:
+    """Simulate a cohort with `planted`, train `n_retrains` MLPs, read the therapy by stability selection behind the
+    drop-column control (`min_gain`; None skips it); one row of the recovery table."""
     from imgsci.tme.imc import SimConfig, fit_once, make_patches, marker_thresholds, simulate_cohort
     co = simulate_cohort(SimConfig(**{**sim, "planted": planted, "seed": seed}))
     patches = make_patches(co, marker_thresholds(co))
@@ -462,11 +517,16 @@ def recover_mechanism(planted: str, seed: int, sim: dict, fit: dict, cf: dict, n
         aucs.append(f.metrics[0.5]["auc"]); n_inst.append(len(inst))
         del f
     table = stability_selection(rels, pats, names, n_boot, threshold, seed)
+    gain = float("nan")
+    if min_gain is not None:
+        signal = chemokine_signal(patches, names, [seed * 1000 + r for r in range(n_retrains)], aucs, fit, min_gain)
+        table, gain = gate_targets(table, signal), float(np.mean(signal.gain))
+        reasons.append(signal.reason)
     rec = recovery(table, planted)
     return dict(planted=planted or "none", seed=seed, n_planted=len(parse_planted(planted)), targets=therapy_string(table),
                 hits=len(rec.hits), false=len(rec.false), missed=len(rec.missed), precision=rec.precision,
                 recall=rec.recall, false_targets=",".join(rec.false), test_auc=float(np.mean(aucs)),
-                instances=float(np.mean(n_inst)), no_therapy_reason="; ".join(sorted({x for x in reasons if x})),
+                instances=float(np.mean(n_inst)), auc_gain_of_chemokines=gain, no_therapy_reason="; ".join(sorted({x for x in reasons if x})),
                 mb_bound=false_target_bound(table, threshold), table=table)
 
 # %% ../../nbs/02b_tme_counterfactuals.ipynb #fa8b87d8
