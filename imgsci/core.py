@@ -397,6 +397,7 @@ def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vm
                  share_range: bool = False, panel_size: float = 3.0, suptitle=None):
     "A figure with one panel per 2-D array (or RGB image), each with a colour bar labelled `units`."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     images = [np.asarray(im) for im in images]
     n = len(images)
     if n == 0:
@@ -420,6 +421,8 @@ def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vm
         else:
             h = ax.imshow(im, cmap=cmaps[i], vmin=vmin, vmax=vmax)
             cb = fig.colorbar(h, ax=ax, fraction=0.046, pad=0.04)
+            if im.dtype.kind in "biu":  # labels and counts: whole-number ticks only
+                cb.locator = MaxNLocator(integer=True); cb.update_ticks()
             if unit_list[i]:
                 cb.set_label(unit_list[i])
         if titles:
