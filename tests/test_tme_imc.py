@@ -9,7 +9,7 @@ from skimage.morphology import disk
 
 from imgsci.core import smooth_field
 from imgsci.tme.imc import (Cohort, SimConfig, build_cnn, build_mlp, marker_thresholds, patch_tiles, patient_split,
-                            tcell_patches, tile_sums, train_classifier)
+                            shuffled_batches, tcell_patches, tile_sums, train_classifier)
 
 
 def test_bad_inputs_fail_with_clear_messages():
@@ -81,12 +81,9 @@ def _old_best_mcc_training(model, x_train, y_train, x_val, y_val, epochs, patien
         def on_train_end(self, logs=None):
             self.model.set_weights(state["weights"])
     model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9, nesterov=True), loss="sparse_categorical_crossentropy")
-    import tensorflow as tf
     # the same batches as `train_classifier` (seed 0): this compares stopping and weight keeping, not data pipelines
-    data = (tf.data.Dataset.from_tensor_slices((x_train, y_train.astype(int)))
-            .shuffle(len(x_train), seed=0, reshuffle_each_iteration=True).batch(16).repeat())
-    model.fit(data, epochs=epochs, steps_per_epoch=-(-len(x_train) // 16), verbose=0, shuffle=False,
-              callbacks=[Old()])
+    data, steps = shuffled_batches(x_train, y_train, 16, seed=0)
+    model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[Old()])
     return state
 
 

@@ -27,7 +27,7 @@ __all__ = ['CHEMOKINES', 'TCELL_MARKERS', 'PAPER_PLANTED', 'SIM_CHANNELS', 'CELL
            'stack_shape', 'check_memory', 'read_stack', 'read_hoch_panel', 'load_hoch2022', 'load_danenberg2022',
            'smooth_channels', 'marker_thresholds', 'tcell_pixels', 'Patches', 'make_patches', 'transform',
            'inverse_transform', 'ZScore', 'mlp_inputs', 'cnn_inputs', 'patient_split', 'build_mlp', 'build_cnn',
-           'validation_mcc', 'TrainHistory', 'train_classifier', 'FitResult', 'fit_once']
+           'validation_mcc', 'TrainHistory', 'shuffled_batches', 'train_classifier', 'FitResult', 'fit_once']
 
 # %% ../../nbs/02a_tme_imc.ipynb #6fafc76d
 CHEMOKINES = ("CCL2", "CCL4", "CCL8", "CCL18", "CCL19", "CCL22", "CXCL8", "CXCL9", "CXCL10", "CXCL12", "CXCL13")
@@ -856,21 +856,27 @@ class TrainHistory:
     best_val_mcc: float
 
 
+def shuffled_batches(x, y, batch_size: int = 32, seed: int = 0):
+    "A repeated `tf.data` dataset of `(x, y)` batches, reshuffled every pass with `seed`, and the steps of one pass."
+    import tensorflow as tf
+    n = len(x)
+    data = (tf.data.Dataset.from_tensor_slices((np.asarray(x, np.float32), np.asarray(y).astype(int)))
+            .shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat())
+    return data, math.ceil(n / batch_size)
+
+
 def train_classifier(model, x_train, y_train, x_val, y_val, epochs: int = 200, batch_size: int = 32,
                      patience: int = 50, learning_rate: float = 1e-3, momentum: float = 0.9, seed: int = 0) -> TrainHistory:
     "SGD (Nesterov) training that keeps the weights of the best validation-MCC epoch, stopping after `patience` epochs without one."
     import keras
-    import tensorflow as tf
     model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True),
                   loss="sparse_categorical_crossentropy")
     stop = keras.callbacks.EarlyStopping(monitor="val_mcc", mode="max", patience=patience, restore_best_weights=True)
     # one repeated, reshuffled dataset for the whole fit: from arrays, Keras builds a new tf.data iterator every epoch,
     # which costs about as much as the epoch itself on the few hundred patches of a reduced cohort
     # (benchmarks/bench_tme_training.py: 1.5× faster fits, build and compile included)
-    n = len(x_train)
-    data = (tf.data.Dataset.from_tensor_slices((np.asarray(x_train, np.float32), np.asarray(y_train).astype(int)))
-            .shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat())
-    hist = model.fit(data, epochs=epochs, steps_per_epoch=math.ceil(n / batch_size), verbose=0, shuffle=False,
+    data, steps = shuffled_batches(x_train, y_train, batch_size, seed)
+    hist = model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
                      callbacks=[validation_mcc(model, x_val, y_val), stop])
     return TrainHistory(hist.history["loss"], hist.history["val_mcc"], stop.best_epoch, float(stop.best))
 
