@@ -449,10 +449,23 @@ def build_report(profile_dir, command: str = "python -m imgsci.reproduce", noteb
 _KEEP = ("run.json", "tables", "figures")
 
 
+def _cpu_model() -> str:
+    "The CPU's model name and widest vector units (Linux): TensorFlow's float kernels, hence trained weights, differ with them."
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+        return platform.processor() or "unknown CPU"
+    name = next((l.split(":", 1)[1].strip() for l in info if l.startswith("model name")), "unknown CPU")
+    flags = set(next((l.split(":", 1)[1].split() for l in info if l.startswith("flags")), []))
+    isa = next((f for f in ("amx_tile", "avx512f", "avx2", "avx") if f in flags), "no AVX")
+    return f"{name} ({isa})"
+
+
 def _machine() -> str:
     import platform
     gpu = "GPU: " + ("yes (nvidia-smi found)" if shutil.which("nvidia-smi") else "none")
-    return f"{platform.node() or 'unknown host'}, {platform.system()} {platform.machine()}, {os.cpu_count()} cores, {gpu}"
+    return f"{platform.node() or 'unknown host'}, {platform.system()} {platform.machine()}, {_cpu_model()}, {os.cpu_count()} cores, {gpu}"
 
 
 def _git_commit(root: Path) -> str:
