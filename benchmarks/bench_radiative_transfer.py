@@ -2,9 +2,11 @@
 
 Cell-updates per second (B·64·64·383 / time) of one density and of batches, per wall second and per CPU
 second, for the XLA-compiled loop and, measured in the same run, the same TensorFlow code without XLA
-(graph mode). The original C++ solver did 7.4e4 cell-updates/s on one thread (64², 383 steps in 21 s).
-Targets checked on a 2-core machine (as in notebook 03a's throughput claims): ≥ 300× the original in wall
-time (batched), and the full dataset (2883 samples × 4 simulations = 1.8e10 cell-updates) in under 15 minutes.
+(graph mode); their ratio is the speed-up that does not depend on the machine. The original C++ solver did
+7.4e4 cell-updates/s on one thread (64², 383 steps in 21 s) on its authors' machine; it cannot be re-timed here
+(only its outputs ship), so the goals stated against it — ≥ 300× the original in wall time (batched), and the
+full dataset (2883 samples × 4 simulations = 1.8e10 cell-updates) in under 15 minutes on 2 cores — are printed
+for this machine but move with its speed.
 
     flock /tmp/imgsci-heavy.lock .venv/bin/python benchmarks/bench_radiative_transfer.py [--batches 1 16 64] [--repeats 3]
 """
@@ -17,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imgsci.core import atomic_path, data_path  # noqa: E402
 from imgsci.radiative_transfer.solver import (MOCO_DATASET_SAMPLES, ORIGINAL_CELL_UPDATES_PER_S,  # noqa: E402
-                                              measure_throughput)
+                                              measure_throughput, same_run_speedup, throughput_table)
 
 DATASET_CELL_UPDATES = MOCO_DATASET_SAMPLES * 4 * 64 * 64 * 383
 
@@ -35,15 +37,13 @@ def main(argv=None):
     if min(args.batches) < 1 or args.repeats < 1:
         ap.error("batch sizes and repeats must be positive")
     rho = np.load(data_path("radiative_transfer", "p1_reference_3000_top.npz"))["density_rowTop"]
-    rows = []
-    for batch in args.batches:
-        for jit in ([True, False] if batch in args.baseline_batches else [True]):
-            sw, cu = measure_throughput(rho, batch, args.repeats, args.scheme, jit)
-            rows.append(dict(mode="XLA loop" if jit else "graph, no XLA", batch=batch, wall_s=sw.wall, cpu_s=sw.cpu,
-                             cu_per_s=cu / sw.wall, cu_per_cpu_s=cu / sw.cpu))
-            print(f"{rows[-1]['mode']:>14}  B={batch:<4d} wall {sw.wall:7.3f} s  cpu {sw.cpu:7.3f} s  "
-                  f"{cu / sw.wall:9.3g} cell-updates/s ({cu / sw.wall / ORIGINAL_CELL_UPDATES_PER_S:5.0f}× original)  "
-                  f"{cu / sw.cpu:9.3g} per CPU-s ({cu / sw.cpu / ORIGINAL_CELL_UPDATES_PER_S:5.0f}×)", flush=True)
+    table = throughput_table(rho, args.batches, args.repeats, args.scheme, args.baseline_batches)
+    for r in table.itertuples():
+        print(f"{r.mode:>14}  B={r.batch:<4d} wall {r.wall_s:7.3f} s  cpu {r.cpu_s:7.3f} s  "
+              f"{r.cell_updates_per_s_wall:9.3g} cell-updates/s ({r.speedup_wall_vs_original:5.0f}× original)  "
+              f"{r.cell_updates_per_cpu_s:9.3g} per CPU-s", flush=True)
+    rows = [dict(mode=r.mode, batch=r.batch, wall_s=r.wall_s, cpu_s=r.cpu_s, cu_per_s=r.cell_updates_per_s_wall,
+                 cu_per_cpu_s=r.cell_updates_per_cpu_s) for r in table.itertuples()]
     if args.gradient:
         sw, cu = measure_throughput(rho, 4, max(1, args.repeats // 2), args.scheme, True, differentiable=True)
         rows.append(dict(mode="XLA fwd+grad", batch=4, wall_s=sw.wall, cpu_s=sw.cpu, cu_per_s=cu / sw.wall,
@@ -59,9 +59,12 @@ def main(argv=None):
                   f"{r['cu_per_cpu_s'] / base[0]['cu_per_cpu_s']:.1f}× per CPU-s")
     ratio = best["cu_per_s"] / ORIGINAL_CELL_UPDATES_PER_S
     minutes = DATASET_CELL_UPDATES / best["cu_per_s"] / 60
+    if args.baseline_batches:
+        print(f"best XLA loop / no-XLA at B={min(args.baseline_batches)} (same run) = {same_run_speedup(table):.1f}× wall")
     print(f"best batched wall throughput: {best['cu_per_s']:.3g} cell-updates/s at B={best['batch']} = {ratio:.0f}× the "
-          f"original (goal ≥ 300×: {'met' if ratio >= 300 else 'NOT met'})")
-    print(f"full dataset (1.8e10 cell-updates) at that rate: {minutes:.1f} min (goal < 15 min: "
+          f"original's 7.4e4/s (goal ≥ 300×: {'met' if ratio >= 300 else 'NOT met'}; that rate was timed on the "
+          f"original's machine, not here, so this ratio moves with this machine's speed)")
+    print(f"full dataset (1.8e10 cell-updates) at that rate: {minutes:.1f} min on this machine (goal < 15 min: "
           f"{'met' if minutes < 15 else 'NOT met'}); the original needed 68 CPU-hours")
     if args.csv:
         import pandas as pd

@@ -21,7 +21,8 @@ __all__ = ['C_LIGHT', 'RAD_A', 'CV', 'T_INIT', 'E_INIT', 'T_FINAL', 'CFL_DEFAULT
            'P1Result', 'split_step_p1', 'NonFiniteError', 'edge_symmetry_errors', 'GradientCheck', 'gradient_check',
            'telegraph_amplitude', 'fourier_mode_error', 'convergence_order', 'smooth_density', 'self_convergence',
            'diffusion_ratio', 'equilibrium_drift', 'effective_heat_capacity', 'energy_balance',
-           'uniform_flux_decay_error', 'cfl_scan', 'reference_match', 'reference_values', 'measure_throughput']
+           'uniform_flux_decay_error', 'cfl_scan', 'reference_match', 'reference_values', 'measure_throughput',
+           'throughput_table', 'same_run_speedup']
 
 # %% ../../nbs/03a_radiative_transfer_solver.ipynb #8d83e992
 import tensorflow as tf
@@ -838,3 +839,25 @@ def measure_throughput(rho, batch: int, repeats: int = 1, scheme: str = "origina
             run()
         best = sw if best is None or sw.wall < best.wall else best
     return best, batch * stack[0].size * res.n_steps
+
+# %% ../../nbs/03a_radiative_transfer_solver.ipynb #a3f1c2d1
+def throughput_table(rho, batches=(1, 16), repeats: int = 1, scheme: str = "original", baseline_batches=(1,),
+                     t_final: float = T_FINAL) -> pd.DataFrame:
+    "Wall and CPU cell-updates/s of the XLA loop at each batch size and, in the same run, of graph mode without XLA at `baseline_batches`."
+    rows = []
+    for batch in batches:
+        for jit in ((True, False) if batch in baseline_batches else (True,)):
+            sw, cu = measure_throughput(rho, batch, repeats, scheme, jit, t_final=t_final)
+            rows.append(dict(mode="XLA loop" if jit else "graph, no XLA", batch=batch, wall_s=sw.wall, cpu_s=sw.cpu,
+                             cell_updates_per_s_wall=cu / sw.wall, cell_updates_per_cpu_s=cu / sw.cpu,
+                             speedup_wall_vs_original=cu / sw.wall / ORIGINAL_CELL_UPDATES_PER_S))
+    return pd.DataFrame(rows)
+
+
+def same_run_speedup(table: pd.DataFrame) -> float:
+    "Best XLA-loop wall rate of `throughput_table` over its no-XLA baseline at the smallest batch, both timed in the same run."
+    base = table[table["mode"] == "graph, no XLA"]
+    if base.empty:
+        raise ValueError("the table has no 'graph, no XLA' row: pass baseline_batches to throughput_table")
+    xla = table[table["mode"] == "XLA loop"].cell_updates_per_s_wall.max()
+    return float(xla / base.sort_values("batch").cell_updates_per_s_wall.iloc[0])
