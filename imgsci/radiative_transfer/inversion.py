@@ -315,8 +315,13 @@ class GradientInversion:
 
 
 def invert_by_gradient(x_obs, scaler: InputScaler, n_iter: int = 20, coarse: int = 16, smooth: float = 1e-2,
-                       rho_init: float = 1.1, channels: int = 24, **solver_kw) -> GradientInversion:
-    "Fit ρ to one sample's (unscaled) network input `x_obs` (n_rows, N, channels) by L-BFGS through the solver."
+                       rho_init: float = 1.1, channels: int = 24, rho_start=None, fixed_border: int = 0,
+                       **solver_kw) -> GradientInversion:
+    """Fit ρ to one sample's (unscaled) network input `x_obs` (n_rows, N, channels) by L-BFGS through the solver.
+
+    ρ = RHO_MIN + (RHO_MAX − RHO_MIN)·sigmoid(logit(start) + up(θ)), θ on a `coarse`² grid upsampled bilinearly
+    and starting at 0, so the fit starts exactly at `rho_start` (an estimate such as the V-Net's, N×N) or at
+    the uniform `rho_init`; the outer `fixed_border` pixels keep the start's values."""
     from scipy.optimize import minimize
     x_obs = np.asarray(x_obs)
     if x_obs.ndim != 3 or x_obs.shape[-1] != channels:
@@ -324,14 +329,27 @@ def invert_by_gradient(x_obs, scaler: InputScaler, n_iter: int = 20, coarse: int
     if not RHO_MIN < rho_init < RHO_MAX:
         raise ValueError(f"rho_init must lie inside ({RHO_MIN:g}, {RHO_MAX:g}), got {rho_init}")
     n_rows, N = x_obs.shape[:2]
+    if rho_start is None:
+        rho_start = np.full((N, N), rho_init)
+    rho_start = np.asarray(rho_start, np.float64)
+    if rho_start.shape != (N, N):
+        raise ValueError(f"rho_start must have shape ({N}, {N}) like the signals' edge, got {rho_start.shape}")
+    if not 0 <= 2 * fixed_border < N:
+        raise ValueError(f"fixed_border must lie in 0 … {(N - 1) // 2}, got {fixed_border}")
     target = tf.constant(scaler.transform(x_obs), tf.float64)
     offset, scale = tf.constant(scaler.offset, tf.float64), tf.constant(scaler.scale, tf.float64)
 
     interp = tf.constant(linear_interpolation_matrix(coarse, N))
+    eps = 1e-3 * (RHO_MAX - RHO_MIN)    # a start on the bounds (ρ = 1 exactly) stays representable
+    u0 = np.clip((rho_start - RHO_MIN) / (RHO_MAX - RHO_MIN), eps, 1 - eps)
+    logit0 = tf.constant(np.log(u0 / (1 - u0)))
+    free = np.zeros((N, N)); free[fixed_border:N - fixed_border, fixed_border:N - fixed_border] = 1.0
+    free = tf.constant(free)
 
     def to_rho(theta):
         up = interp @ tf.reshape(theta, (coarse, coarse)) @ tf.transpose(interp)   # bilinear, float64
-        return RHO_MIN + (RHO_MAX - RHO_MIN) * tf.sigmoid(up)
+        rho = RHO_MIN + (RHO_MAX - RHO_MIN) * tf.sigmoid(logit0 + free * up)
+        return free * rho + (1 - free) * tf.constant(rho_start)
 
     losses, misfits = [], []
 
@@ -346,7 +364,7 @@ def invert_by_gradient(x_obs, scaler: InputScaler, n_iter: int = 20, coarse: int
         losses.append(float(loss)); misfits.append(float(misfit))
         return float(loss), tape.gradient(loss, theta).numpy()
 
-    theta0 = np.full(coarse * coarse, math.log((rho_init - RHO_MIN) / (RHO_MAX - rho_init)))
+    theta0 = np.zeros(coarse * coarse)
     with Stopwatch() as sw:
         opt = minimize(fun, theta0, jac=True, method="L-BFGS-B", options=dict(maxiter=n_iter, maxfun=2 * n_iter))
     return GradientInversion(to_rho(tf.constant(opt.x)).numpy(), np.array(losses), np.array(misfits), sw.wall)
