@@ -203,7 +203,8 @@ def run_study(name: str, notebook, profile: str, seed: int, runs_dir, overrides=
     params = dict(profile=profile, seed=seed, out_dir=str(staging))
     params.update({k: v for k, v in (overrides or {}).items() if k in declared})
     record = dict(study=name, notebook=notebook.name, profile=profile, seed=seed, parameters={**params, "out_dir": rel},
-                  started=dt.datetime.now().isoformat(timespec="seconds"), status="ok", error=None)
+                  started=dt.datetime.now().isoformat(timespec="seconds"), status="ok", error=None,
+                  commit=_git_commit(Path(notebook).resolve().parent), machine=_machine())
     missing = [p for p in REQUIRED_PARAMETERS if p not in declared]
     peak = {}
     with Stopwatch() as sw:
@@ -532,18 +533,23 @@ def publish(runs_dir, profile: str, dest_root, readme=None) -> Path:
                 shutil.copy2(run_dir / item, out / item)
     build_report(staging, notebooks=False, profile=profile)
     seeds = sorted({r["seed"] for r in records})
+    # each run records the commit and machine it ran on (a study rerun alone, or on a Dask worker, may differ)
+    commits = sorted({r.get("commit", "not recorded") for r in records})
+    machines = sorted({r.get("machine", "not recorded") for r in records})
     lines = ["# How this run was made", "",
-             f"- commit: `{_git_commit(PROJECT_ROOT)}`",
+             f"- commit: `{commits[0]}`" if len(commits) == 1 else "- commits: per run, in the table below",
              f"- published: {dt.datetime.now().isoformat(timespec='seconds')}; runs started "
              f"{min(r['started'] for r in records)} … {max(r['started'] for r in records)}",
-             f"- machine: {_machine()}",
+             f"- machine: {machines[0]}" if len(machines) == 1 else "- machines: per run, in the table below",
              f"- profile: `{profile}`; seeds: {', '.join(map(str, seeds))}",
              f"- command: `python -m imgsci.reproduce --profile {profile}`"
              + (f" --seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "") + ", then `make publish`",
              f"- total notebook time: {sum(r['duration_s'] for r in records) / 60:.1f} min", "",
              markdown_table(pd.DataFrame([dict(study=r["study"], seed=r["seed"], seconds=r["duration_s"],
-                                               peak_MB=r.get("peak_rss_mb")) for r in
-                                          sorted(records, key=lambda r: (r["notebook"], r["seed"]))]))]
+                                               peak_MB=r.get("peak_rss_mb"),
+                                               **({"commit": r.get("commit", "not recorded")} if len(commits) > 1 else {}),
+                                               **({"machine": r.get("machine", "not recorded")} if len(machines) > 1 else {}))
+                                          for r in sorted(records, key=lambda r: (r["notebook"], r["seed"]))]))]
     size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     lines += ["", f"Published size: {size / 2**20:.1f} MB."]
     with atomic_write(staging / "RUN.md", encoding="utf-8") as f:
