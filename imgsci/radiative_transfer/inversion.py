@@ -344,12 +344,11 @@ def invert_by_gradient(x_obs, scaler: InputScaler, n_iter: int = 20, coarse: int
     u0 = np.clip((rho_start - RHO_MIN) / (RHO_MAX - RHO_MIN), eps, 1 - eps)
     logit0 = tf.constant(np.log(u0 / (1 - u0)))
     free = np.zeros((N, N)); free[fixed_border:N - fixed_border, fixed_border:N - fixed_border] = 1.0
-    free = tf.constant(free)
+    free, fixed = tf.constant(free), tf.constant((1 - free) * rho_start)
 
     def to_rho(theta):
         up = interp @ tf.reshape(theta, (coarse, coarse)) @ tf.transpose(interp)   # bilinear, float64
-        rho = RHO_MIN + (RHO_MAX - RHO_MIN) * tf.sigmoid(logit0 + free * up)
-        return free * rho + (1 - free) * tf.constant(rho_start)
+        return free * (RHO_MIN + (RHO_MAX - RHO_MIN) * tf.sigmoid(logit0 + up)) + fixed
 
     losses, misfits = [], []
 
