@@ -395,7 +395,7 @@ class Stopwatch:
 # %% ../nbs/00_core.ipynb #617541b3
 def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vmin=None, vmax=None,
                  share_range: bool = False, panel_size: float = 3.0, suptitle=None):
-    "A figure with one panel per 2-D array (or RGB image), each with a colour bar labelled `units`."
+    "A figure with one panel per 2-D array (or RGB image), each with a colour bar labelled `units`; `cmap`, `units`, `vmin` and `vmax` may be per-panel lists."
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
     images = [np.asarray(im) for im in images]
@@ -409,8 +409,8 @@ def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vm
         scal = [im for im in images if im.ndim == 2]
         vmin = min(float(np.nanmin(im)) for im in scal) if vmin is None and scal else vmin
         vmax = max(float(np.nanmax(im)) for im in scal) if vmax is None and scal else vmax
-    cmaps = cmap if isinstance(cmap, (list, tuple)) else [cmap] * n
-    unit_list = units if isinstance(units, (list, tuple)) else [units] * n
+    per_panel = lambda v: v if isinstance(v, (list, tuple)) else [v] * n
+    cmaps, unit_list, vmins, vmaxs = per_panel(cmap), per_panel(units), per_panel(vmin), per_panel(vmax)
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
@@ -419,7 +419,7 @@ def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vm
         if im.ndim == 3 and im.shape[-1] in (3, 4):
             ax.imshow(np.clip(im, 0, 1) if im.dtype.kind == "f" else im)
         else:
-            h = ax.imshow(im, cmap=cmaps[i], vmin=vmin, vmax=vmax)
+            h = ax.imshow(im, cmap=cmaps[i], vmin=vmins[i], vmax=vmaxs[i])
             cb = fig.colorbar(h, ax=ax, fraction=0.046, pad=0.04)
             if im.dtype.kind in "biu":  # labels and counts: whole-number ticks only
                 cb.locator = MaxNLocator(integer=True); cb.update_ticks()
@@ -434,9 +434,13 @@ def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vm
     return fig
 
 
+_METRIC_NAMES = dict(dice="Dice", iou="IoU", mse="MSE", mae="MAE", auc="AUC", accuracy="accuracy")
+
+
 def plot_history(history, metrics=("loss",), ax=None, xlabel: str = "epoch", logy: bool = False):
     "Training curves (train and `val_` twins) of `metrics` from a Keras History, dict or CSVLogger path."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     if hasattr(history, "history"):
         history = history.history
     df = pd.read_csv(history) if isinstance(history, (str, Path)) else pd.DataFrame(dict(history))
@@ -446,11 +450,13 @@ def plot_history(history, metrics=("loss",), ax=None, xlabel: str = "epoch", log
     x = df["epoch"] + 1 if "epoch" in df.columns else np.arange(1, len(df) + 1)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
+    names = {m: _METRIC_NAMES.get(m, m) for m in metrics}
     for m in metrics:
-        ax.plot(x, df[m], label=f"train {m}")
+        ax.plot(x, df[m], label=f"train {names[m]}")
         if f"val_{m}" in df.columns:
-            ax.plot(x, df[f"val_{m}"], "--", label=f"validation {m}")
-    ax.set_xlabel(xlabel); ax.set_ylabel(", ".join(metrics))
+            ax.plot(x, df[f"val_{m}"], "--", label=f"validation {names[m]}")
+    ax.set_xlabel(xlabel); ax.set_ylabel(", ".join(names.values()))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     if logy:
         ax.set_yscale("log")
     ax.legend(); ax.grid(alpha=0.3)
