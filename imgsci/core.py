@@ -404,7 +404,9 @@ def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vm
         raise ValueError("image_panels needs at least one image")
     ncols = ncols or n
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols * 1.15, panel_size * nrows), squeeze=False)
+    # constrained layout keeps each colour bar's label clear of the next panel (tight_layout let them touch)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols * 1.15, panel_size * nrows), squeeze=False,
+                             layout="constrained")
     if share_range:
         scal = [im for im in images if im.ndim == 2]
         vmin = min(float(np.nanmin(im)) for im in scal) if vmin is None and scal else vmin
@@ -430,7 +432,6 @@ def image_panels(images, titles=None, cmap="viridis", units=None, ncols=None, vm
         ax.set_xticks([]); ax.set_yticks([])
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
