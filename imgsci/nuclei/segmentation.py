@@ -580,6 +580,7 @@ def comparison_table(trained: dict, scores: pd.DataFrame, probabilities: dict, i
 def plot_model_histories(logs: dict, metrics=("loss", "dice"), ylabels=None):
     "A figure of the train and validation curves of `metrics` for each {model name: per-epoch log}."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), squeeze=False)
     for name, log in logs.items():
         for ax, metric in zip(axes[0], metrics):
@@ -587,6 +588,7 @@ def plot_model_histories(logs: dict, metrics=("loss", "dice"), ylabels=None):
             ax.plot(log.epoch + 1, log[f"val_{metric}"], "--", color=line.get_color(), label=f"{name} validation")
     for ax, label in zip(axes[0], ylabels or metrics):
         ax.set_xlabel("epoch"); ax.set_ylabel(label); ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
+    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
