@@ -26,6 +26,8 @@ requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
 # optional: Mitsuba 3 re-renders the neural-rendering scenes (the rendered data ships in data/)
 render_requirements = shlex.split(cfg.get("render_requirements", ""))
+# optional: OpenCV, the report's image reader, for the nuclei pipeline benchmark's baseline
+bench_requirements = shlex.split(cfg.get("bench_requirements", ""))
 console_scripts = cfg.get("console_scripts", "").split()
 
 setuptools.setup(
@@ -44,7 +46,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements, "render": render_requirements},
+    extras_require={"dev": dev_requirements, "render": render_requirements, "bench": bench_requirements},
     python_requires=">=" + min_python,
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
