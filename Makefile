@@ -1,6 +1,6 @@
 # Two entry points: `make reproduce` (every figure and table, quick profile) and `make test` (everything CI runs).
 # Both create .venv and install the project with its pinned tools on first use.
-# `make test-fast` leaves out the tests marked slow (training, whole notebooks): under two minutes.
+# `make test-fast` leaves out the tests marked slow (training, whole notebooks): about 2.5 minutes on 2 cores.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
