@@ -860,4 +860,8 @@ d = { 'settings': { 'branch': 'main',
                                 'imgsci.tme.imc.tile_sums': ('tme_imc.html#tile_sums', 'imgsci/tme/imc.py'),
                                 'imgsci.tme.imc.train_classifier': ('tme_imc.html#train_classifier', 'imgsci/tme/imc.py'),
                                 'imgsci.tme.imc.transform': ('tme_imc.html#transform', 'imgsci/tme/imc.py'),
+                                'imgsci.tme.imc.truth_tumour_patches': ('tme_imc.html#truth_tumour_patches', 'imgsci/tme/imc.py'),
+                                'imgsci.tme.imc.tumour_marker_channels': ('tme_imc.html#tumour_marker_channels', 'imgsci/tme/imc.py'),
+                                'imgsci.tme.imc.tumour_patches': ('tme_imc.html#tumour_patches', 'imgsci/tme/imc.py'),
+                                'imgsci.tme.imc.tumour_thresholds': ('tme_imc.html#tumour_thresholds', 'imgsci/tme/imc.py'),
                                 'imgsci.tme.imc.validation_mcc': ('tme_imc.html#validation_mcc', 'imgsci/tme/imc.py')}}}
