@@ -19,8 +19,8 @@ from .imc import (CELL_TYPES, CHEMOKINES, SECRETION, FitResult, Patches, fit_onc
 __all__ = ['METRICS', 'PAPER_TABLE1', 'kappa_for', 'class_trees', 'nearest_prototypes', 'Counterfactuals', 'counterfactual_proto',
            'relative_changes', 'therapy_table', 'wilson', 'stability_selection', 'false_target_bound', 'therapy_dict',
            'therapy_string', 'Recovery', 'recovery', 'scale_channels', 'model_inputs', 'chemokine_levels',
-           'TherapyDiscovery', 'discover_therapy', 'infiltration', 'oracle_infiltration', 'fold_change',
-           'InfiltrationAssay', 'without_channels', 'ChemokineSignal', 'chemokine_signal', 'gate_targets',
+           'TherapyDiscovery', 'discover_therapy', 'infiltration', 'oracle_infiltration', 'fold_change', 'ceiling',
+           'iqr', 'InfiltrationAssay', 'without_channels', 'ChemokineSignal', 'chemokine_signal', 'gate_targets',
            'cell_type_changes', 'changed_on_producers', 'random_planted_sets', 'recover_mechanism', 'metrics_string',
            'retrain_table']
 
@@ -374,40 +374,94 @@ def infiltration(fit: FitResult, patches: Patches, sel, therapy: dict | None = N
     return pd.Series(p >= threshold).groupby(patches.image[sel]).mean()
 
 
-def oracle_infiltration(cohort, images, therapy: dict | None = None, patch: int = 40, min_tcell_pixels: int = 12) -> pd.Series:
-    "Fraction of patches that truly hold T cells per image after a therapy, from the simulator's oracle."
+def oracle_infiltration(cohort, images, therapy: dict | None = None, patch: int = 40, min_tcell_pixels: int = 12,
+                        regions=None) -> pd.Series:
+    """Fraction of patches that truly hold T cells per image after a therapy, from the simulator's oracle; `regions`
+    (one (rows, cols) bool grid per image) restricts it to those patches (NaN for an image with none)."""
     masks = oracle_tcells(cohort, therapy or {}, images=images)
-    return pd.Series([tcell_patches(m, patch, min_tcell_pixels).mean() for m in masks], index=list(images))
+    tiles = [tcell_patches(m, patch, min_tcell_pixels) for m in masks]
+    regions = [np.ones(t.shape, bool) for t in tiles] if regions is None else regions
+    return pd.Series([t[r].mean() if r.any() else np.nan for t, r in zip(tiles, regions)], index=list(images))
 
 
-def fold_change(after, before) -> float:
-    "Mean infiltration after a therapy over the mean before (NaNs skipped; `before` floored at 1e-9)."
-    return float(pd.Series(after).mean() / max(pd.Series(before).mean(), 1e-9))
+def fold_change(after, before, floor=1e-9) -> float:
+    "Mean infiltration after a therapy over the mean before (NaNs skipped; `before` floored at `floor`)."
+    return float(pd.Series(after).mean() / max(pd.Series(before).mean(), floor))
+
+
+def ceiling(before, floor=1e-9) -> float:
+    "The largest fold any therapy could give: 1 over the mean untreated infiltration (a fraction cannot pass 1)."
+    return fold_change(1.0, before, floor)
+
+
+def iqr(values) -> tuple:
+    "(median, lower quartile, upper quartile) of the finite `values`; NaNs when there are none."
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return tuple(map(float, np.percentile(v, [50, 25, 75]))) if len(v) else (np.nan,) * 3
 
 
 class InfiltrationAssay:
-    "Predicted and (simulator only) true infiltration of the cohort's `images` under therapies, against the untreated state."
-    def __init__(self, fit: FitResult, patches: Patches, cohort, images, threshold: float = 0.5):
+    """Predicted and (simulator only) true infiltration of the cohort's `images` under therapies, against the untreated
+    state; `region` ((N,) bool over the patches, e.g. the tumour patches) restricts both to those patches."""
+    def __init__(self, fit: FitResult, patches: Patches, cohort, images, threshold: float = 0.5, region=None):
         self.fit, self.patches, self.cohort, self.threshold = fit, patches, cohort, threshold
         self.images = np.asarray(images)
-        self.sel = np.isin(patches.image, self.images)
+        self.region = np.ones(len(patches), bool) if region is None else np.asarray(region, bool)
+        if self.region.shape != (len(patches),):
+            raise ValueError(f"region must be one flag per patch ({len(patches)}), got shape {self.region.shape}")
+        self.sel = np.isin(patches.image, self.images) & self.region
+        self.n_patches = pd.Series(self.patches.image[self.sel]).value_counts().reindex(self.images, fill_value=0)
+        self.patient = pd.Series(patches.meta["patient"].to_numpy()[self.images], index=self.images)
         self.predicted_before = self.predicted({})
         self.oracle_before = self.oracle({})
 
     def predicted(self, therapy: dict) -> pd.Series:
-        "Per image: fraction of patches predicted with T cells after `therapy`."
-        return infiltration(self.fit, self.patches, self.sel, therapy, self.threshold)
+        "Per image: fraction of region patches predicted with T cells after `therapy` (NaN without region patches)."
+        if not self.sel.any():
+            return pd.Series(np.nan, index=self.images)
+        return infiltration(self.fit, self.patches, self.sel, therapy, self.threshold).reindex(self.images)
 
     def oracle(self, therapy: dict) -> pd.Series:
-        "Per image: fraction of patches truly holding T cells after `therapy` (NaN without a simulated world)."
+        "Per image: fraction of region patches truly holding T cells after `therapy` (NaN without a simulated world)."
         if not self.cohort.world:
             return pd.Series(np.nan, index=self.images)
-        return oracle_infiltration(self.cohort, self.images, therapy)
+        grids = [self.patches.grid(self.region, i) == 1 for i in self.images]
+        return oracle_infiltration(self.cohort, self.images, therapy, self.patches.x.shape[1], regions=grids)
 
     def folds(self, therapy: dict) -> tuple:
         "(predicted, true) fold change of the mean infiltration under `therapy`."
         return (fold_change(self.predicted(therapy), self.predicted_before),
                 fold_change(self.oracle(therapy), self.oracle_before))
+
+    def ceilings(self) -> tuple:
+        "(predicted, true) largest fold any therapy could give these images."
+        return ceiling(self.predicted_before), ceiling(self.oracle_before)
+
+    def per_patient(self, therapy: dict) -> pd.DataFrame:
+        "Per patient, pooled over its region patches: infiltration before/after `therapy`, fold and ceiling, predicted and true."
+        n = self.n_patches
+        cols = dict(predicted_before=self.predicted_before, predicted_after=self.predicted(therapy),
+                    oracle_before=self.oracle_before, oracle_after=self.oracle(therapy))
+        df = pd.DataFrame({k: (v * n).groupby(self.patient).sum(min_count=1) for k, v in cols.items()})
+        npat = n.groupby(self.patient).sum()
+        df = df.div(npat.replace(0, np.nan), axis=0)
+        df.insert(0, "n_patches", npat)
+        one = 1.0 / npat.replace(0, np.nan)  # one region patch: the floor of the untreated fraction
+        for side in ("predicted", "oracle"):
+            df[f"{side}_fold"] = df[f"{side}_after"] / np.maximum(df[f"{side}_before"], one)
+            df[f"{side}_ceiling"] = 1.0 / np.maximum(df[f"{side}_before"], one)
+        return df.rename_axis("patient")
+
+    def dose_response(self, therapy: dict, alphas=(0, 0.25, 0.5, 1, 1.5, 2)) -> pd.DataFrame:
+        "Mean infiltration and fold, predicted and true, under α·`therapy` (every relative change scaled by α)."
+        rows = []
+        for a in alphas:
+            t = {k: float(a) * v for k, v in therapy.items()}
+            p, o = self.predicted(t), self.oracle(t)
+            rows.append(dict(alpha=float(a), predicted=p.mean(), oracle=o.mean(),
+                             predicted_fold=fold_change(p, self.predicted_before), oracle_fold=fold_change(o, self.oracle_before)))
+        return pd.DataFrame(rows)
 
 # %% ../../nbs/02b_tme_counterfactuals.ipynb #1ee7ef72
 def without_channels(patches: Patches, names) -> Patches:

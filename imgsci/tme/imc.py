@@ -21,11 +21,12 @@ from ..core import binary_metrics, set_seed, smooth_field
 
 # %% auto #0
 __all__ = ['CHEMOKINES', 'TCELL_MARKERS', 'PAPER_PLANTED', 'SIM_CHANNELS', 'CELL_TYPES', 'SECRETION', 'PROTEINS', 'PROTEIN_NAMES',
-           'NUCLEAR', 'NICHE_GROUPS', 'INDUCED_BY_TCELLS', 'ADVERSARIAL', 'MARKER_ALIASES', 'parse_planted',
-           'SimConfig', 'diffuse', 'patch_tiles', 'tile_sums', 'tcell_patches', 'check_image', 'Cohort',
-           'resolve_channels', 'simulate_cohort', 'oracle_tcells', 'canonical_channel', 'canonical_channels',
-           'stack_shape', 'check_memory', 'read_stack', 'read_hoch_panel', 'load_hoch2022', 'load_danenberg2022',
-           'smooth_channels', 'marker_thresholds', 'tcell_pixels', 'Patches', 'make_patches', 'transform',
+           'NUCLEAR', 'NICHE_GROUPS', 'INDUCED_BY_TCELLS', 'ADVERSARIAL', 'MARKER_ALIASES', 'TUMOUR_MARKERS',
+           'TUMOUR_ALIASES', 'parse_planted', 'SimConfig', 'diffuse', 'patch_tiles', 'tile_sums', 'tcell_patches',
+           'check_image', 'Cohort', 'resolve_channels', 'simulate_cohort', 'oracle_tcells', 'canonical_channel',
+           'canonical_channels', 'stack_shape', 'check_memory', 'read_stack', 'read_hoch_panel', 'load_hoch2022',
+           'load_danenberg2022', 'smooth_channels', 'marker_thresholds', 'tcell_pixels', 'Patches', 'make_patches',
+           'tumour_marker_channels', 'truth_tumour_patches', 'tumour_thresholds', 'tumour_patches', 'transform',
            'inverse_transform', 'ZScore', 'mlp_inputs', 'cnn_inputs', 'patient_split', 'build_mlp', 'build_cnn',
            'validation_mcc', 'TrainHistory', 'shuffled_batches', 'train_classifier', 'FitResult', 'fit_once']
 
@@ -714,6 +715,49 @@ def make_patches(cohort: Cohort, thresholds: dict, patch: int = 40, dilate: int 
     return Patches(np.concatenate(xs), np.concatenate(rem), np.concatenate(lab), np.concatenate(tpx),
                    np.concatenate(im_i), np.concatenate(rows), np.concatenate(cols),
                    tuple(cohort.channels[i] for i in keep), cohort.meta)
+
+# %% ../../nbs/02a_tme_imc.ipynb #20188d32
+TUMOUR_MARKERS = ("SOX10", "S100", "panCK", "ECadherin")  # melanoma: SOX10, S100; breast: pan-cytokeratin, E-cadherin
+TUMOUR_ALIASES = {"panCK": ("PanCytokeratin", "PanKeratin", "PanCK", "Pan-CK", "CK"), "ECadherin": ("E-cadherin", "ECad", "CDH1")}
+
+
+def tumour_marker_channels(channels, markers=TUMOUR_MARKERS, aliases=None) -> list:
+    "The channels (as named in `channels`) that carry one of the tumour `markers` or their aliases; an error if none does."
+    aliases = TUMOUR_ALIASES if aliases is None else aliases
+    wanted = {_squash(a) for m in markers for a in (m, *aliases.get(m, ()))}
+    hit = [c for c in channels if _squash(c) in wanted]
+    if not hit:
+        raise ValueError(f"no tumour marker ({', '.join(markers)} or an alias) among the channels {', '.join(channels)}; "
+                         "pass markers= naming the tumour channels of this panel")
+    return hit
+
+
+def truth_tumour_patches(cohort: Cohort, patches: Patches, min_fraction: float = 0.5) -> np.ndarray:
+    "(N,) whether each patch has at least `min_fraction` of its pixels in the simulator's tumour compartment."
+    if "tumour" not in cohort.truth:
+        raise ValueError("this cohort has no tumour compartment (real data): use the marker rule `tumour_patches`")
+    p = patches.x.shape[1]
+    frac = [patch_tiles(np.asarray(t, np.float32), p).mean((2, 3)) for t in cohort.truth["tumour"]]
+    return np.array([frac[i][r, c] >= min_fraction for i, r, c in zip(patches.image, patches.row, patches.col)], bool)
+
+
+def tumour_thresholds(patches: Patches, markers=None) -> dict:
+    "Per tumour-marker channel: Otsu's threshold of arcsinh(patch mean) over all patches (`markers`: channel names)."
+    from skimage.filters import threshold_otsu
+    markers = tumour_marker_channels(patches.channels) if markers is None else list(markers)
+    m = np.arcsinh(patches.means()[:, resolve_channels(patches.channels, markers)])
+    out = {}
+    for j, name in enumerate(markers):
+        if np.ptp(m[:, j]) == 0:
+            raise ValueError(f"tumour marker {name!r} is flat over the patches: it cannot tell tumour from stroma")
+        out[name] = float(threshold_otsu(m[:, j]))
+    return out
+
+
+def tumour_patches(patches: Patches, thresholds: dict) -> np.ndarray:
+    "(N,) tumour patches: any marker of `thresholds` has arcsinh(patch mean) above its threshold."
+    m = np.arcsinh(patches.means()[:, resolve_channels(patches.channels, list(thresholds))])
+    return (m > np.array(list(thresholds.values()), np.float32)).any(1)
 
 # %% ../../nbs/02a_tme_imc.ipynb #f3ec3e4b
 def transform(x, kind: str = "arcsinh", cofactor: float = 1.0):
