@@ -45,21 +45,16 @@ class NeRF:
     "Coarse + fine NeRF networks and their volume renderer."
 
     def __init__(self, depth=8, width=256, skips=(4,), pos_freqs=10, dir_freqs=4, n_coarse=64, n_fine=128,
-                 near=2.0, far=6.0, end_at_far: bool = False):
+                 near=2.0, far=6.0):
         if n_coarse < 2 or n_fine < 0:
             raise ValueError(f"need n_coarse ≥ 2 and n_fine ≥ 0 samples, got {n_coarse}, {n_fine}")
         if not 0 <= near < far:
             raise ValueError(f"need 0 ≤ near < far, got near={near}, far={far}")
         self.pos_freqs, self.dir_freqs, self.n_coarse, self.n_fine = pos_freqs, dir_freqs, n_coarse, n_fine
-        self.near, self.far, self.end_at_far = float(near), float(far), end_at_far
+        self.near, self.far = float(near), float(far)
         kw = dict(depth=depth, width=width, skips=skips, pos_freqs=pos_freqs, dir_freqs=dir_freqs)
         self.coarse = build_nerf_mlp(name="coarse", **kw)
         self.fine = build_nerf_mlp(name="fine", **kw) if n_fine > 0 else None
-
-    def _weights(self, sigma, t):
-        # the paper's last interval is 1e10 long: the last sample catches everything behind the scene; with
-        # `end_at_far` the ray stops at `far`, as for an object before an empty (black) background
-        return render_weights(sigma, t, last_delta=self.far - t[:, -1:] if self.end_at_far else 1e10)
 
     @property
     def trainable_variables(self):
@@ -79,7 +74,7 @@ class NeRF:
         t = stratified_samples(self.near, self.far, n_rays, self.n_coarse, perturb)
         pts = origins[:, None] + t[..., None] * dirs[:, None]
         rgb, sigma = self._query(self.coarse, pts, dirs)
-        w, _ = self._weights(sigma, t)
+        w, _ = render_weights(sigma, t)
         out = dict(rgb_coarse=composite(w, rgb))
         model = self.coarse
         if self.fine is not None:
@@ -95,7 +90,7 @@ class NeRF:
                 grad = tape.gradient(sigma, pts)
             else:
                 rgb, sigma = self._query(model, pts, dirs)
-            w, _ = self._weights(sigma, t)
+            w, _ = render_weights(sigma, t)
         elif with_normals:
             with tf.GradientTape() as tape:
                 tape.watch(pts)
@@ -172,7 +167,7 @@ _NERF_FULL = dict(model=dict(depth=8, width=256, skips=(4,), pos_freqs=10, n_coa
                   train=dict(batch=1024, steps=100_000, lr=5e-4, eval_every=5000))
 NERF_PROFILES = dict(
     quick=dict(model=dict(depth=4, width=64, skips=(2,), pos_freqs=6, n_coarse=32, n_fine=32),
-               train=dict(batch=512, steps=700, lr=2e-3, eval_every=175)),
+               train=dict(batch=512, steps=700, lr=2e-3, eval_every=175, focus=0.75)),
     full=_NERF_FULL,
     smoke=dict(train={**_NERF_FULL["train"], "steps": 2, "batch": 64}))
 
