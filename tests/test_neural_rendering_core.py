@@ -108,6 +108,25 @@ def test_sg_product_and_integral_against_quadrature():
     np.testing.assert_allclose(np.asarray(sg_integral(lam, mu)).item(), numeric, rtol=1e-3)
 
 
+def test_sg_shading_of_a_smooth_surface_at_grazing_view_is_finite():
+    # roughness 0.05 seen at grazing angle: the specular lobe's sharpness reaches ~1e9, and the product with an
+    # environment lobe once took exp of the float32 rounding error of λ − λ₁ − λ₂ (hundreds): infinite radiance,
+    # then NaN through NeRD's straight-through clip (inf − inf) in the quick run at seed 7 on the sphere
+    rng = np.random.default_rng(1)
+    n = rng.normal(size=(4000, 3)); n /= np.linalg.norm(n, axis=1, keepdims=True)
+    t = np.cross(n, rng.normal(size=(4000, 3))); t /= np.linalg.norm(t, axis=1, keepdims=True)
+    env = (tf.constant(fibonacci_sphere(24)), tf.fill([24, 1], 50.0), tf.fill([24, 3], 1.0))
+    rad = render_sg(tf.constant(n, tf.float32), tf.constant(t + 1e-5 * n, tf.float32), *env, tf.fill([4000, 3], 0.5),
+                    tf.fill([4000, 1], 0.04), tf.fill([4000, 1], 0.05)).numpy()
+    assert np.isfinite(rad).all() and rad.max() < 10, rad.max()
+    a1 = np.tile([[0.0, 0.0, 1.0]], (1000, 1)).astype(np.float32)
+    a2 = a1 + 1e-4 * rng.normal(size=(1000, 3)).astype(np.float32)
+    a2 /= np.linalg.norm(a2, axis=1, keepdims=True)
+    _, _, mu = sg_product(a1, 10 ** rng.uniform(8, 10, (1000, 1)).astype(np.float32), 1.0, a2,
+                          np.float32(50.0), 1.0)
+    assert np.isfinite(mu.numpy()).all() and mu.numpy().max() <= 1.0
+
+
 def test_cosine_lobe_fit_error():
     err = cosine_lobe(SPHERE, np.array([0.0, 1.0, 0.0])).numpy()[:, 0] - SPHERE[:, 1]
     assert np.abs(err).max() < 0.012          # PhySG's fit of ω·n by one SG minus a constant

@@ -85,7 +85,9 @@ def test_methods_reject_bad_settings(train):
 def test_nerd_guard_skips_finite_gradients_whose_global_norm_overflows():
     # the quick run at seed 7 (sphere, step 258): every gradient finite, the largest ~1e19, the squares' sum past
     # float32, so the global norm is inf and clip_by_global_norm returned NaN for all of them; the per-gradient
-    # check of the time let that update through, and the next step's irradiance lookup met NaN normals
+    # check of the time let that update through, and the next step's irradiance lookup met NaN normals; the
+    # overflowing gradients themselves came from the SG product of a sharp specular lobe (fixed in sg_product,
+    # see test_sg_shading_of_a_smooth_surface_at_grazing_view_is_finite)
     import keras
     import tensorflow as tf
     v, skipped = tf.Variable([1.0, -2.0, 3.0]), tf.Variable(0)

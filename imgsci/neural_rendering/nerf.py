@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 # %% auto #0
-__all__ = ['NERF_PROFILES', 'build_nerf_mlp', 'NeRF', 'make_nerf_step', 'train_nerf', 'run_nerf']
+__all__ = ['NERF_PROFILES', 'build_nerf_mlp', 'NeRF', 'bright_ray_indices', 'focused_ray_batch', 'make_nerf_step', 'train_nerf',
+           'run_nerf']
 
 # %% ../../nbs/04c_neural_rendering_nerf.ipynb #2b008215
 from ..core import set_seed
@@ -103,31 +104,59 @@ class NeRF:
         return out
 
 # %% ../../nbs/04c_neural_rendering_nerf.ipynb #9ff59ea6
-def make_nerf_step(nerf: NeRF, optimizer, rays: dict, batch: int):
-    "A compiled training step: sample rays, render, MSE on coarse and fine colours, apply gradients."
+def bright_ray_indices(rgb, threshold: float = 0.02) -> np.ndarray:
+    "Indices of the pixels of `rgb` (…, 3, flattened in order) whose brightest channel exceeds `threshold`."
+    return np.flatnonzero(np.asarray(rgb).reshape(-1, 3).max(-1) > threshold).astype(np.int32)
+
+
+def focused_ray_batch(rays: dict, batch: int, focus_idx, focus: float) -> dict:
+    "A batch of rays: round(`focus`·`batch`) drawn uniformly from the rays `focus_idx`, then the rest from all rays."
+    k = int(round(focus * batch))
+    focus_idx = tf.convert_to_tensor(focus_idx, tf.int32)
+    n = tf.shape(next(iter(rays.values())))[0]
+    idx = tf.concat([tf.gather(focus_idx, tf.random.uniform([k], 0, tf.shape(focus_idx)[0], dtype=tf.int32)),
+                     tf.random.uniform([batch - k], 0, n, dtype=tf.int32)], 0)
+    return {key: tf.gather(v, idx) for key, v in rays.items()}
+
+
+def make_nerf_step(nerf: NeRF, optimizer, rays: dict, batch: int, focus_idx=None, focus: float = 0.0):
+    """A compiled training step: sample rays, render, MSE on coarse and fine colours, apply gradients.
+
+    With `focus` > 0 that fraction of the batch comes from the rays `focus_idx` (`focused_ray_batch`); the
+    logged `mse` is then the one of the uniformly drawn rest, an unbiased estimate of the image MSE."""
+    if focus and focus_idx is None:
+        raise ValueError("focus > 0 needs the focus rays `focus_idx`")
     variables = nerf.trainable_variables
+    n_uniform = batch - int(round(focus * batch))
 
     @tf.function
     def step():
-        b = sample_ray_batch(rays, batch)
+        b = focused_ray_batch(rays, batch, focus_idx, focus) if focus else sample_ray_batch(rays, batch)
         with tf.GradientTape() as tape:
             out = nerf.render_rays(b["origins"], b["dirs"], perturb=True)
-            mse_fine = tf.reduce_mean((out["rgb"] - b["rgb"]) ** 2)
+            err = (out["rgb"] - b["rgb"]) ** 2
+            mse_fine = tf.reduce_mean(err)
             loss = tf.reduce_mean((out["rgb_coarse"] - b["rgb"]) ** 2) + (mse_fine if nerf.fine is not None else 0.0)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return dict(loss=loss, mse=mse_fine if nerf.fine is not None else loss)
+        mse = tf.reduce_mean(err[-n_uniform:]) if focus else mse_fine
+        return dict(loss=loss, mse=mse if nerf.fine is not None else loss)
     return step
 
 
 def train_nerf(scene: dict, steps: int, batch: int = 1024, lr: float = 5e-4, eval_every: int = 0,
-               log_every: int = 50, **nerf_kwargs):
-    "Train a NeRF on a scene's training views; returns (nerf, history DataFrame, seconds)."
+               log_every: int = 50, focus: float = 0.0, **nerf_kwargs):
+    "Train a NeRF on a scene's training views (a fraction `focus` of each batch from non-black pixels); returns (nerf, history DataFrame, seconds)."
     if steps < 1 or batch < 1:
         raise ValueError(f"steps and batch must be positive, got steps={steps}, batch={batch}")
+    if not 0 <= focus < 1:
+        raise ValueError(f"focus must be in [0, 1), got {focus}")
     nerf = NeRF(near=scene["near"], far=scene["far"], **nerf_kwargs)
     rays = ray_tensors({k: v for k, v in scene_rays(scene, "train").items() if k in ("origins", "dirs", "rgb")})
     schedule = keras.optimizers.schedules.ExponentialDecay(lr, decay_steps=steps, decay_rate=0.1)
-    step = make_nerf_step(nerf, keras.optimizers.Adam(schedule), rays, batch)
+    focus_idx = bright_ray_indices(scene["rgb_train"]) if focus else None
+    if focus and len(focus_idx) == 0:            # an all-black scene: nothing to focus on
+        focus, focus_idx = 0.0, None
+    step = make_nerf_step(nerf, keras.optimizers.Adam(schedule), rays, batch, focus_idx, focus)
 
     held_out = lambda: first_view_psnr(lambda o, d: nerf.render_rays(o, d, perturb=False), scene)
     history, seconds = train_loop(step, steps, log_every, eval_every, held_out)
@@ -138,7 +167,7 @@ _NERF_FULL = dict(model=dict(depth=8, width=256, skips=(4,), pos_freqs=10, n_coa
                   train=dict(batch=1024, steps=100_000, lr=5e-4, eval_every=5000))
 NERF_PROFILES = dict(
     quick=dict(model=dict(depth=4, width=64, skips=(2,), pos_freqs=6, n_coarse=32, n_fine=32),
-               train=dict(batch=512, steps=700, lr=2e-3, eval_every=175)),
+               train=dict(batch=512, steps=700, lr=2e-3, eval_every=175, focus=0.75)),
     full=_NERF_FULL,
     smoke=dict(train={**_NERF_FULL["train"], "steps": 2, "batch": 64}))
 

@@ -97,11 +97,16 @@ def sg_eval(v, axis, sharpness, amplitude):
 
 
 def sg_product(axis1, sharpness1, amplitude1, axis2, sharpness2, amplitude2):
-    "The product of two SGs as one SG: (axis, sharpness, amplitude)."
+    "The product of two SGs (unit axes) as one SG: (axis, sharpness, amplitude)."
     um = sharpness1 * axis1 + sharpness2 * axis2
     lam = tf.norm(um, axis=-1, keepdims=True)
     axis = um / tf.maximum(lam, 1e-8)
-    amplitude = amplitude1 * amplitude2 * tf.exp(lam - sharpness1 - sharpness2)
+    # the exponent λ − λ₁ − λ₂ ≤ 0, written as 2λ₁λ₂(ξ₁·ξ₂ − 1)/(λ + λ₁ + λ₂): the plain difference cancels
+    # catastrophically in float32, and for a sharp specular lobe (λ₁ ~ 1e9 at grazing view) its rounding error
+    # alone is hundreds, whose exp overflows to an infinite amplitude
+    cos = tf.minimum(_dot(axis1, axis2), 1.0)
+    exponent = 2 * sharpness1 * sharpness2 * (cos - 1) / tf.maximum(lam + sharpness1 + sharpness2, 1e-8)
+    amplitude = amplitude1 * amplitude2 * tf.exp(exponent)
     return axis, lam, amplitude
 
 
