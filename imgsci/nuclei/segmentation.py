@@ -12,8 +12,8 @@ from pathlib import Path
 __all__ = ['VARIANTS', 'DICE_LOSS', 'LOSSES', 'RECIPES', 'REPORT_METRICS', 'INSTANCE_METHODS', 'DSB_IOU_THRESHOLDS',
            'MODEL_NAMES', 'MODEL_FILES', 'WHOLE', 'TILES', 'REPORT_VALUES', 'REPORT_BOLD', 'conv_bn', 'multires_block',
            'res_path', 'build_multiresunet', 'build_unet', 'bce_dice_loss', 'DiceCoefficient', 'segmentation_metrics',
-           'EpochTimer', 'compile_segmenter', 'Recipe', 'get_recipe', 'recipe_callbacks', 'train_segmenter',
-           'train_throughput', 'predict_probability', 'inference_throughput', 'pixel_metrics',
+           'EpochTimer', 'compile_segmenter', 'Recipe', 'get_recipe', 'recipe_callbacks', 'recompute_bn_statistics',
+           'train_segmenter', 'train_throughput', 'predict_probability', 'inference_throughput', 'pixel_metrics',
            'instances_from_probability', 'instance_iou', 'match_instances', 'otsu_mask', 'otsu_masks',
            'instance_scores', 'evaluate_probabilities', 'dsb_scores', 'bootstrap_ci', 'tile_scores', 'StudyData',
            'study_data', 'dsb_test_labels', 'build_named_model', 'TrainedModel', 'train_models', 'real_eval_sets',
@@ -218,13 +218,14 @@ class Recipe:
     restore_best: bool
     epochs: int | None = None
     batch_size: int | None = None
+    bn_batches: int = 0                  # >0: recompute BatchNorm's statistics over this many training batches after fitting
 
 
 RECIPES = {
     "report": Recipe("report", augment=False, normalize="scale255", loss="bce", learning_rate=1e-4, lr_factor=0.1,
                      lr_patience=5, min_lr=1e-7, stop_patience=20, restore_best=False, epochs=10, batch_size=8),
     "ours": Recipe("ours", augment=True, normalize="percentile", loss="bce_dice", learning_rate=1e-3, lr_factor=0.5,
-                   lr_patience=2, min_lr=0.0, stop_patience=5, restore_best=True),
+                   lr_patience=2, min_lr=0.0, stop_patience=5, restore_best=True, bn_batches=20),
 }
 
 
@@ -249,6 +250,33 @@ def recipe_callbacks(recipe, checkpoint, log) -> list:
             keras.callbacks.CSVLogger(log)]
 
 
+def _batch_norms(layer) -> list:
+    "Every BatchNormalization layer inside `layer` (nested models included)."
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer]
+    return [b for sub in getattr(layer, "layers", []) for b in _batch_norms(sub)]
+
+
+def recompute_bn_statistics(model: keras.Model, dataset, batches: int = 20) -> int:
+    """Set each BatchNorm's moving mean and variance to the average of its batch statistics over `batches` batches of
+    `dataset` ((x, y) pairs) under the final weights (precise BN); returns the number of batches used."""
+    if int(batches) < 1:
+        raise ValueError(f"batches must be positive, got {batches!r}")
+    bns = _batch_norms(model)
+    momenta = [b.momentum for b in bns]
+    used = 0
+    try:
+        for x, _ in dataset.take(int(batches)):
+            for b in bns:                   # a running mean: batch k gets weight 1/(k+1)
+                b.momentum = used / (used + 1)
+            model(x, training=True)
+            used += 1
+    finally:
+        for b, m in zip(bns, momenta):
+            b.momentum = m
+    return used
+
+
 def train_segmenter(model: keras.Model, train_ds, val_ds, epochs: int, steps_per_epoch: int, out_dir,
                     name=None, recipe="ours", verbose: int = 0) -> pd.DataFrame:
     """Fit a compiled `model` with `recipe`'s callbacks; checkpoint to `out_dir/checkpoints/<name>.keras`, log to `…/<name>.csv`.
@@ -260,9 +288,13 @@ def train_segmenter(model: keras.Model, train_ds, val_ds, epochs: int, steps_per
     folder = Path(out_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{name}.csv"
-    callbacks = recipe_callbacks(recipe, folder / f"{name}.keras", log)
+    r = get_recipe(recipe)
+    callbacks = recipe_callbacks(r, folder / f"{name}.keras", log)
     model.fit(train_ds, validation_data=val_ds, epochs=int(epochs), steps_per_epoch=int(steps_per_epoch),
               callbacks=callbacks, verbose=verbose)
+    if r.bn_batches:                        # the checkpoint then holds the model as it is used
+        recompute_bn_statistics(model, train_ds, r.bn_batches)
+        model.save(folder / f"{name}.keras")
     return pd.read_csv(log)
 
 
