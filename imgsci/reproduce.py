@@ -502,6 +502,21 @@ def summary_table(profile_dir) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("notebook").drop(columns="notebook") if rows else pd.DataFrame()
 
 
+def _run_commands(records, profile: str) -> list:
+    "The runner commands that made `records`: one per set of seeds (studies run with other seeds get their own `--only`)."
+    by_seeds = {}
+    for r in records:
+        by_seeds.setdefault(r["study"], set()).add(r["seed"])
+    groups = {}
+    for study, s in by_seeds.items():
+        groups.setdefault(tuple(sorted(s)), []).append(study)
+    base = f"python -m imgsci.reproduce --profile {profile}"
+    seeds_arg = lambda s: "" if s == (0,) else f" --seed {s[0]}" if len(s) == 1 else f" --seeds {','.join(map(str, s))}"
+    if len(groups) == 1:
+        return [base + seeds_arg(next(iter(groups)))]
+    return [f"{base} --only {' '.join(studies)}{seeds_arg(s)}" for s, studies in sorted(groups.items(), key=lambda g: len(g[0]))]
+
+
 def publish(runs_dir, profile: str, dest_root, readme=None) -> Path:
     "Copy the finished run `runs_dir/profile` into `dest_root/profile` with REPORT.md and RUN.md; returns that folder."
     check_profile(profile)
@@ -542,8 +557,7 @@ def publish(runs_dir, profile: str, dest_root, readme=None) -> Path:
              f"{min(r['started'] for r in records)} … {max(r['started'] for r in records)}",
              f"- machine: {machines[0]}" if len(machines) == 1 else "- machines: per run, in the table below",
              f"- profile: `{profile}`; seeds: {', '.join(map(str, seeds))}",
-             f"- command: `python -m imgsci.reproduce --profile {profile}`"
-             + (f" --seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "") + ", then `make publish`",
+             "- command: " + "; ".join(f"`{c}`" for c in _run_commands(records, profile)) + ", then `make publish`",
              f"- total notebook time: {sum(r['duration_s'] for r in records) / 60:.1f} min", "",
              markdown_table(pd.DataFrame([dict(study=r["study"], seed=r["seed"], seconds=r["duration_s"],
                                                peak_MB=r.get("peak_rss_mb"),
